@@ -1,0 +1,1 @@
+"""The ``smoa`` command line. It calls the library; the library never imports it."""

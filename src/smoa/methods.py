@@ -453,7 +453,7 @@ _REGISTRY: dict[str, MethodSpec] = {
         MethodSpec(
             "hira", "HiRA (PEFT): ΔW = W0 ⊙ (B A)", "adapter", True, PAPER_SETTINGS["hira"], "r", _set("r"),
             _dense_rank_range, _hira_config, layer_params=_lora_params, layer_rank=_full_rank,
-            pattern_fields={"r": "rank_pattern"},
+            # no per-layer patterns: PEFT 0.21's HiRA dispatcher ignores rank_pattern for the layers it creates
         ),
         MethodSpec(
             "melora", "MeLoRA: n mini-LoRAs on contiguous diagonal blocks", "adapter", True,

@@ -1,0 +1,85 @@
+"""A memory-lean exact autograd path for the SMoA branch output ``x ΔWᵀ``.
+
+Plain autograd through :func:`smoa.adapter.functional.delta_output` saves every gathered anchor ``M_k`` and every
+block ``ΔM_k`` for backward: ``2·d_out·d_in/K`` numbers per layer. This function saves only the branch input ``x``,
+the factors and the index vectors, and gathers the anchors again from the frozen weight in backward.
+
+Gradients (``g = ∂L/∂y``, ``T_k = B_k A_k``, ``ΔM_k = s·T_k ⊙ M_k``, ``x_k = x[..., C_k]``, ``g_k = g[..., R_k]``)::
+
+    ∂L/∂x[..., C_k] = g_k ΔM_k
+    ∂L/∂T_k          = s · (g_kᵀ x_k) ⊙ M_k
+    ∂L/∂B_k          = ∂L/∂T_k A_kᵀ,    ∂L/∂A_k = B_kᵀ ∂L/∂T_k
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .functional import block_anchor, block_indices
+
+
+class _BlockwiseDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
+        a, b = factors[:num_blocks], factors[num_blocks:]
+        x2 = x.reshape(-1, x.shape[-1])
+        rows_k = block_indices(row_order, num_blocks)
+        cols_k = block_indices(col_order, num_blocks)
+        out = x2.new_empty((x2.shape[0], weight.shape[0]))
+        for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
+            delta = (b_k @ a_k).mul_(block_anchor(weight, rows, cols)).mul_(scaling)
+            out.index_copy_(1, rows, x2.index_select(1, cols) @ delta.T)
+        ctx.save_for_backward(x, weight, row_order, col_order, *factors)
+        ctx.scaling = scaling
+        ctx.num_blocks = num_blocks
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, row_order, col_order, *factors = ctx.saved_tensors
+        num_blocks, scaling = ctx.num_blocks, ctx.scaling
+        a, b = factors[:num_blocks], factors[num_blocks:]
+        x2 = x.reshape(-1, x.shape[-1])
+        g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
+        need_x = ctx.needs_input_grad[0]
+        grad_x = x2.new_empty(x2.shape) if need_x else None
+        grad_a: list[Tensor | None] = []
+        grad_b: list[Tensor | None] = []
+        rows_k = block_indices(row_order, num_blocks)
+        cols_k = block_indices(col_order, num_blocks)
+        for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
+            anchor = block_anchor(weight, rows, cols).to(a_k.dtype)
+            g_k = g2.index_select(1, rows)
+            if need_x:
+                delta = (b_k @ a_k).mul_(anchor).mul_(scaling)
+                grad_x.index_copy_(1, cols, g_k @ delta)
+            need_a, need_b = ctx.needs_input_grad[6 + k], ctx.needs_input_grad[6 + num_blocks + k]
+            if need_a or need_b:
+                grad_t = (g_k.T @ x2.index_select(1, cols)).mul_(anchor).mul_(scaling)
+                grad_a.append(b_k.T @ grad_t if need_a else None)
+                grad_b.append(grad_t @ a_k.T if need_b else None)
+            else:
+                grad_a.append(None)
+                grad_b.append(None)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x.shape)
+        return (grad_x, None, None, None, None, None, *grad_a, *grad_b)
+
+
+def blockwise_delta_output(
+    x: Tensor,
+    weight: Tensor,
+    row_order: Tensor,
+    col_order: Tensor,
+    a: list[Tensor],
+    b: list[Tensor],
+    scaling: float,
+) -> Tensor:
+    """``x ΔWᵀ`` with the lean backward above; same contract as :func:`smoa.adapter.functional.delta_output`.
+
+    ``weight`` must be frozen (no gradient flows to it); the anchors are cast to the dtype of ``a`` block by block.
+    """
+    if weight.requires_grad:
+        raise ValueError("blockwise_delta_output needs a frozen base weight; use functional.delta_output instead")
+    return _BlockwiseDelta.apply(x, weight, row_order, col_order, scaling, len(a), *a, *b)

@@ -21,7 +21,7 @@ model = get_peft_model(base, smoa.SMoAConfig(r=32, num_blocks=2, lora_alpha=32, 
 model.print_trainable_parameters()
 
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-for step in range(20):
+for _ in range(20):
     loss = model(tokens, labels=tokens).loss
     loss.backward()
     optimizer.step()

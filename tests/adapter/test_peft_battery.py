@@ -91,8 +91,14 @@ def test_only_adapter_parameters_change_in_training(tokens):
 
 
 # --------------------------------------------------------------------------------------------- save and load
-def test_save_load_roundtrip_is_bit_identical_without_svd(tmp_path, tokens, monkeypatch):
-    model = get_peft_model(make_llama(), smoa_config())
+@pytest.mark.parametrize(
+    "factory,targets,low_cpu_mem_usage",
+    [(make_llama, LLAMA_TARGETS, False), (make_llama, LLAMA_TARGETS, True), (make_gpt2, GPT2_TARGETS, False)],
+)
+def test_save_load_roundtrip_is_bit_identical_without_svd(
+    tmp_path, tokens, monkeypatch, factory, targets, low_cpu_mem_usage
+):
+    model = get_peft_model(factory(), smoa_config(target_modules=targets))
     expected = logits(model, tokens)
     model.save_pretrained(tmp_path)
     assert os.path.isfile(tmp_path / "adapter_model.safetensors")
@@ -102,7 +108,7 @@ def test_save_load_roundtrip_is_bit_identical_without_svd(tmp_path, tokens, monk
 
     monkeypatch.setattr(torch.linalg, "svd", no_svd)
     torch.manual_seed(1234)  # another RNG state must not matter
-    loaded = PeftModel.from_pretrained(make_llama(), tmp_path)
+    loaded = PeftModel.from_pretrained(factory(), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
     torch.testing.assert_close(logits(loaded, tokens), expected, rtol=0, atol=0)
     for name, layer in smoa.smoa_layers(loaded).items():
         original = smoa.smoa_layers(model)[name]

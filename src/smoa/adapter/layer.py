@@ -23,17 +23,25 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from . import functional as F
-from .autograd import blockwise_delta_output
+from .autograd import blockwise_delta_output, fused_linear
 from .checkpoint import AdapterFileError, check_order
 from .config import SMoAConfig
 
 _UNSET = -1  # fills an order buffer whose values will come from a checkpoint
+KERNELS = ("auto", "fused", "blockwise", "reference")
 
 
 class SMoALayer(BaseTunerLayer):
     """Mixin with the SMoA state of one adapted layer; :class:`Linear` is the concrete module."""
 
     adapter_layer_names: tuple[str, ...] = ("smoa_A", "smoa_B")
+    # How the unmerged forward is computed (all exact; see smoa.adapter.autograd):
+    # "fused": one matmul with W0 + ΔW (needs no active dropout and a single active adapter);
+    # "blockwise": base output + per-block branch, never forming a d_out x d_in matrix;
+    # "reference": plain autograd through functional.delta_output; "auto": fused when allowed and the input has at
+    # least `fuse_min_tokens` rows (building W0 + ΔW costs O(d²), worth it only for enough tokens), else blockwise.
+    kernel: str = "auto"
+    fuse_min_tokens: int = 32
     other_param_names: tuple[str, ...] = (
         "r",
         "branch_ranks",
@@ -200,9 +208,30 @@ class SMoALayer(BaseTunerLayer):
         row_order, col_order = self.orders(adapter_name)
         x = self.smoa_dropout[adapter_name](self._cast_input_dtype(x, a[0].dtype))
         weight = self.original_weight()
-        if weight.requires_grad:
+        if weight.requires_grad or self.kernel == "reference":
             return F.delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
         return blockwise_delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
+
+    def _fusable(self, x: Tensor, adapters: list[str], args: tuple, kwargs: dict) -> bool:
+        if self.kernel not in ("auto", "fused") or len(adapters) != 1 or args or kwargs:
+            return False
+        dropout = self.smoa_dropout[adapters[0]]
+        if isinstance(dropout, nn.Dropout) and dropout.training:
+            return False
+        base = self.get_base_layer()
+        if base.weight.requires_grad or base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"):
+            return False
+        return self.kernel == "fused" or x.numel() >= self.fuse_min_tokens * self.in_features
+
+    def fused_forward(self, x: Tensor, adapter_name: str) -> Tensor:
+        """Base layer and adapter in one matmul: ``x (W0 + ΔW)ᵀ + bias`` (no dropout on this path)."""
+        a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
+        row_order, col_order = self.orders(adapter_name)
+        base = self.get_base_layer()
+        x = self._cast_input_dtype(x, base.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
+        return fused_linear(
+            x, self.original_weight(), base.bias, row_order, col_order, a, b, self.scaling[adapter_name]
+        )
 
     # ------------------------------------------------------------------------------------------- merging
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -261,11 +290,12 @@ class Linear(nn.Module, SMoALayer):
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
+        adapters = [name for name in self.active_adapters if name in self.smoa_A]
+        if self._fusable(x, adapters, args, kwargs):
+            return self.fused_forward(x, adapters[0])
         result = self.base_layer(x, *args, **kwargs)
         result_dtype = result.dtype
-        for adapter_name in self.active_adapters:
-            if adapter_name not in self.smoa_A:
-                continue
+        for adapter_name in adapters:
             result = result + self.delta_output(x, adapter_name).to(result_dtype)
         return result
 

@@ -1,0 +1,111 @@
+"""Checks on a saved SMoA adapter, run before it is loaded into a model.
+
+A saved adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` with, per adapted module
+``<m>``: ``<m>.smoa_A.<k>`` ``(r_k, |C_k|)``, ``<m>.smoa_B.<k>`` ``(|R_k|, r_k)``, ``<m>.smoa_row_order`` ``(d_out,)``,
+``<m>.smoa_col_order`` ``(d_in,)`` and ``<m>.smoa_fingerprint`` (see :func:`functional.weight_fingerprint`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import SMoAConfig
+
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+_KEY = re.compile(r"^(?P<module>.+)\.smoa_(?P<kind>A|B)\.(?P<block>\d+)$")
+
+
+class AdapterFileError(ValueError):
+    """A saved adapter file is unreadable or does not match its config."""
+
+
+def read_adapter_tensors(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of a saved adapter file, or :class:`AdapterFileError` naming the file and what to do."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # every reader failure means the same thing to the user
+        raise AdapterFileError(
+            f"The adapter file {path} is corrupted or not an adapter checkpoint ({type(err).__name__}: {err}). "
+            "Restore it from a backup or save the adapter again with model.save_pretrained(...)."
+        ) from err
+
+
+def validate_adapter_dir(path: str, config: SMoAConfig) -> None:
+    """Check that the adapter file in ``path`` is readable and matches ``config`` (blocks, ranks, orders).
+
+    Raises:
+        AdapterFileError: unreadable file, wrong number of blocks, wrong ranks or invalid block orders.
+    """
+    file = os.path.join(path, SAFETENSORS_NAME)
+    if not os.path.isfile(file):
+        file = os.path.join(path, BIN_NAME)
+        if not os.path.isfile(file):
+            return  # PEFT itself reports a missing weights file
+    tensors = read_adapter_tensors(file)
+    ranks = config.ranks
+    blocks: dict[str, dict[str, dict[int, torch.Tensor]]] = defaultdict(lambda: {"A": {}, "B": {}})
+    for key, value in tensors.items():
+        match = _KEY.match(key)
+        if match:
+            blocks[match["module"]][match["kind"]][int(match["block"])] = value
+    if not blocks:
+        raise AdapterFileError(
+            f"The adapter file {file} holds no SMoA factors (keys '<module>.smoa_A.<k>'); "
+            "it was not saved from an SMoA adapter. Check the directory, or its adapter_config.json."
+        )
+    missing_orders = []
+    for module, factors in sorted(blocks.items()):
+        for kind in ("A", "B"):
+            found = sorted(factors[kind])
+            if found != list(range(config.num_blocks)):
+                raise AdapterFileError(
+                    f"The adapter file {file} has blocks {found} of smoa_{kind} for module '{module}', but its config "
+                    f"says num_blocks={config.num_blocks}. The file and adapter_config.json do not belong together."
+                )
+        for k, r_k in enumerate(ranks):
+            a_rank, b_rank = factors["A"][k].shape[0], factors["B"][k].shape[1]
+            if a_rank != r_k or b_rank != r_k:
+                raise AdapterFileError(
+                    f"The adapter file {file} has rank {a_rank} (A) / {b_rank} (B) in block {k} of module '{module}', "
+                    f"but its config gives branch ranks {ranks}. The file and adapter_config.json do not belong "
+                    "together."
+                )
+        d_out = sum(factors["B"][k].shape[0] for k in range(config.num_blocks))
+        d_in = sum(factors["A"][k].shape[1] for k in range(config.num_blocks))
+        for name, size in (("smoa_row_order", d_out), ("smoa_col_order", d_in)):
+            order = tensors.get(f"{module}.{name}")
+            if order is None:
+                missing_orders.append(module)
+                continue
+            check_order(order, size, f"{name} of module '{module}' in {file}")
+    if missing_orders:
+        warnings.warn(
+            f"The adapter file {file} has no saved block orders for {len(set(missing_orders))} module(s) "
+            f"(first: '{missing_orders[0]}'). They will be recomputed by SVD of the base weights, which can differ "
+            "across devices and library versions when singular values are nearly equal. Save the adapter with smoa "
+            "to keep them.",
+            stacklevel=3,
+        )
+        config._orders_from_checkpoint = False
+
+
+def check_order(order: torch.Tensor, size: int, what: str) -> None:
+    """Raise :class:`AdapterFileError` unless ``order`` is a permutation of ``0..size-1``."""
+    if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
+        raise AdapterFileError(f"{what} has dtype {order.dtype}; block orders are integer index vectors.")
+    if order.shape != (size,):
+        raise AdapterFileError(f"{what} has shape {tuple(order.shape)}, expected ({size},).")
+    if not torch.equal(torch.sort(order.cpu().long()).values, torch.arange(size)):
+        raise AdapterFileError(f"{what} is not a permutation of 0..{size - 1}: the adapter file is corrupted.")

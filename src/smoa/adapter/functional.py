@@ -1,0 +1,188 @@
+"""The SMoA formula as pure functions: tensors in, tensors out.
+
+Notation (one frozen linear layer, effective weight ``W0`` of shape ``(d_out, d_in)``, so ``y = x W0ᵀ``):
+
+* ``W0 = U diag(s) Vᵀ`` (thin SVD in float32), spectral index ``j = 0..q-1`` in descending order of ``s``.
+* spectral scores ``score_row[i] = Σ_j j·U[i,j]²s_j² / max(Σ_j U[i,j]²s_j², eps)`` and the same for columns with ``V``.
+* orders ``row_order = argsort(score_row)``, ``col_order = argsort(score_col)`` (ascending), cut into ``K`` chunks
+  with ``torch.tensor_split`` semantics: ``R_k``, ``C_k``.
+* anchors ``M_k = W0[R_k][:, C_k]`` (always the ORIGINAL ``W0``), branches ``A_k (r_k, |C_k|)``, ``B_k (|R_k|, r_k)``.
+* update ``ΔW[R_k, C_k] = scaling · (B_k A_k) ⊙ M_k`` for every ``k``, zero elsewhere; ``scaling = lora_alpha / r``
+  with ``r = Σ_k r_k`` the total rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+PERMUTATIONS = ("spectral", "identity", "random")
+
+
+def split_sizes(size: int, num_blocks: int) -> list[int]:
+    """Chunk sizes of ``torch.tensor_split(range(size), num_blocks)``: the first ``size % num_blocks`` get one extra."""
+    base, extra = divmod(size, num_blocks)
+    return [base + (1 if k < extra else 0) for k in range(num_blocks)]
+
+
+def split_rank(r: int, num_blocks: int) -> list[int]:
+    """Even split of the total rank ``r`` over ``num_blocks`` branches, the remainder going to the first blocks."""
+    return split_sizes(r, num_blocks)
+
+
+def spectral_scores(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Energy-weighted mean spectral index of every row and every column of ``weight``.
+
+    Args:
+        weight: ``(d_out, d_in)``, any float dtype; the SVD runs in float32.
+
+    Returns:
+        ``(score_row (d_out,), score_col (d_in,))`` in float32. Squares make them independent of SVD signs.
+    """
+    w = weight.detach().to(torch.float32)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    index = torch.arange(s.shape[0], dtype=torch.float32, device=w.device)
+    s2 = s.square()
+    eps = torch.finfo(torch.float32).eps
+    row_energy = u.square() * s2  # (d_out, q)
+    col_energy = vh.square().T * s2  # (d_in, q)
+    score_row = (row_energy @ index) / row_energy.sum(dim=1).clamp_min(eps)
+    score_col = (col_energy @ index) / col_energy.sum(dim=1).clamp_min(eps)
+    return score_row, score_col
+
+
+def block_orders(weight: Tensor, permutation: str = "spectral", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Row and column orders ``P_out``, ``P_in`` of ``weight`` (``(d_out, d_in)``) as int64 index vectors.
+
+    ``"spectral"``: ascending spectral scores (the method); ``"identity"``: no reordering; ``"random"``: seeded
+    uniform permutations (for the paper's ordering ablations). Ties in the scores keep the original order.
+    """
+    d_out, d_in = weight.shape
+    device = weight.device
+    if permutation == "spectral":
+        score_row, score_col = spectral_scores(weight)
+        return torch.argsort(score_row, stable=True), torch.argsort(score_col, stable=True)
+    if permutation == "identity":
+        return torch.arange(d_out, device=device), torch.arange(d_in, device=device)
+    if permutation == "random":
+        generator = torch.Generator().manual_seed(seed)
+        row = torch.randperm(d_out, generator=generator)
+        col = torch.randperm(d_in, generator=generator)
+        return row.to(device), col.to(device)
+    raise ValueError(f"permutation={permutation!r} is unknown; use one of {PERMUTATIONS}")
+
+
+def block_indices(order: Tensor, num_blocks: int) -> tuple[Tensor, ...]:
+    """The ``num_blocks`` contiguous chunks of an order (``torch.tensor_split`` semantics)."""
+    return torch.tensor_split(order, num_blocks)
+
+
+def block_anchor(weight: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``M_k = weight[rows][:, cols]``: the aligned diagonal block, shape ``(|rows|, |cols|)``."""
+    return weight.index_select(0, rows).index_select(1, cols)
+
+
+def block_delta(a: Tensor, b: Tensor, anchor: Tensor, scaling: float) -> Tensor:
+    """``ΔM_k = scaling · (B_k A_k) ⊙ M_k`` with ``a (r_k, c)``, ``b (rows, r_k)``, ``anchor (rows, c)``."""
+    return (b @ a) * anchor * scaling
+
+
+def delta_weight(
+    weight: Tensor,
+    row_order: Tensor,
+    col_order: Tensor,
+    a: Sequence[Tensor],
+    b: Sequence[Tensor],
+    scaling: float,
+) -> Tensor:
+    """The dense update ``ΔW`` (``(d_out, d_in)``, dtype of ``a``) for the ORIGINAL effective weight ``weight``."""
+    num_blocks = len(a)
+    out = torch.zeros(weight.shape, dtype=a[0].dtype, device=a[0].device)
+    rows_k = block_indices(row_order.to(out.device), num_blocks)
+    cols_k = block_indices(col_order.to(out.device), num_blocks)
+    w = weight.to(device=out.device)
+    for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
+        anchor = block_anchor(w, rows, cols).to(out.dtype)
+        out[rows.unsqueeze(1), cols.unsqueeze(0)] = block_delta(a_k, b_k, anchor, scaling)
+    return out
+
+
+def delta_output(
+    x: Tensor,
+    weight: Tensor,
+    row_order: Tensor,
+    col_order: Tensor,
+    a: Sequence[Tensor],
+    b: Sequence[Tensor],
+    scaling: float,
+) -> Tensor:
+    """``x ΔWᵀ`` computed block by block, never forming a ``(d_out, d_in)`` matrix.
+
+    Args:
+        x: ``(..., d_in)`` branch input (after dropout), in the dtype of ``a``.
+        weight: ``(d_out, d_in)`` original effective weight (anchors are gathered from it).
+
+    Returns:
+        ``(..., d_out)``: ``out[..., R_k] = x[..., C_k] ΔM_kᵀ`` for every block ``k``.
+    """
+    num_blocks = len(a)
+    d_out = weight.shape[0]
+    rows_k = block_indices(row_order, num_blocks)
+    cols_k = block_indices(col_order, num_blocks)
+    out = x.new_zeros((*x.shape[:-1], d_out))
+    for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
+        anchor = block_anchor(weight, rows, cols).to(a_k.dtype)
+        y_k = x.index_select(-1, cols) @ block_delta(a_k, b_k, anchor, scaling).T
+        out = out.index_copy(-1, rows, y_k)
+    return out
+
+
+def rank_ceiling(rows: Sequence[int], cols: Sequence[int], ranks: Sequence[int]) -> int:
+    """Upper bound on ``rank(ΔW)`` for full-rank anchors: ``Σ_k min(|R_k|, |C_k|, r_k·min(|R_k|, |C_k|))``.
+
+    ``rank((B A) ⊙ M) ≤ rank(B A)·rank(M)`` bounds each block; with full-rank anchors and ``r_k ≥ 1`` this is
+    ``min(|R_k|, |C_k|)`` per block, hence generically ``min(d_out, d_in)`` overall.
+    """
+    return sum(min(r_k * min(n, m), n, m) for n, m, r_k in zip(rows, cols, ranks, strict=True))
+
+
+def trainable_parameters(d_out: int, d_in: int, num_blocks: int, ranks: Sequence[int]) -> int:
+    """``Σ_k r_k (|R_k| + |C_k|)`` for one layer."""
+    rows, cols = split_sizes(d_out, num_blocks), split_sizes(d_in, num_blocks)
+    return sum(r_k * (n + m) for n, m, r_k in zip(rows, cols, ranks, strict=True))
+
+
+def weight_fingerprint(weight: Tensor, n_probes: int = 8) -> Tensor:
+    """A small, device- and dtype-robust signature of a weight matrix, for recognising the base an adapter was made on.
+
+    ``[‖W‖_F, p_1 … p_n]`` in float64 with ``p_i = u_iᵀ W v_i / (‖u_i‖‖v_i‖) / rms(W)``, where ``u_i``, ``v_i`` are
+    fixed deterministic cosine probes and ``rms(W) = ‖W‖_F / √(d_out d_in)``. For unrelated weights the normalised
+    probes differ by O(1); rounding the same weights to bf16 moves them by ~1e-3.
+    """
+    w = weight.detach()
+    compute = torch.float64 if w.device.type in ("cpu", "cuda") else torch.float32
+    w = w.to(compute)
+    d_out, d_in = w.shape
+    i_out = torch.arange(d_out, dtype=compute, device=w.device)
+    i_in = torch.arange(d_in, dtype=compute, device=w.device)
+    k = torch.arange(1, n_probes + 1, dtype=compute, device=w.device).unsqueeze(1)
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    u = torch.cos(i_out * (k * golden * 2.0 + 0.5) + k)  # (n, d_out)
+    v = torch.cos(i_in * (k * golden * 3.0 + 0.25) - k)  # (n, d_in)
+    norm = torch.linalg.vector_norm(w)
+    rms = norm / math.sqrt(d_out * d_in)
+    proj = ((u @ w) * v).sum(dim=1) / (torch.linalg.vector_norm(u, dim=1) * torch.linalg.vector_norm(v, dim=1))
+    proj = proj / rms.clamp_min(torch.finfo(compute).tiny)
+    return torch.cat([norm.reshape(1), proj]).to(device="cpu", dtype=torch.float64)
+
+
+def fingerprints_match(saved: Tensor, actual: Tensor, rtol: float = 0.02, atol: float = 0.05) -> bool:
+    """Whether two :func:`weight_fingerprint` vectors describe the same weights (up to dtype rounding)."""
+    if saved.shape != actual.shape:
+        return False
+    saved, actual = saved.double().cpu(), actual.double().cpu()
+    norm_ok = bool(torch.isclose(saved[0], actual[0], rtol=rtol, atol=1e-12))
+    return norm_ok and bool(((saved[1:] - actual[1:]).abs() <= atol).all())

@@ -1,0 +1,123 @@
+"""The fused and blockwise kernels against the plain reference: outputs and gradients, torch.compile."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers.pytorch_utils import Conv1D
+
+import smoa
+from smoa.adapter.layer import KERNELS
+
+from .conftest import LLAMA_TARGETS, make_llama
+
+
+def set_kernel(model: torch.nn.Module, kernel: str) -> None:
+    for layer in smoa.smoa_layers(model).values():
+        layer.kernel = kernel
+
+
+def layer_run(layer, x, upstream, seed=0):
+    """Output and gradients (input, factors, bias) of one SMoA layer for a given upstream gradient."""
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # same dropout mask for every kernel
+    out = layer(x)
+    out.backward(upstream)
+    grads = [p.grad.clone() for n, p in layer.named_parameters() if p.requires_grad and p.grad is not None]
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+@pytest.mark.parametrize(
+    "d_out,d_in,r,k,branch_ranks",
+    [(48, 48, 8, 2, None), (40, 64, 6, 3, None), (64, 24, 5, 2, [4, 1]), (33, 47, 8, 4, None)],
+)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_kernels_match_reference(conv1d, d_out, d_in, r, k, branch_ranks, dropout):
+    torch.manual_seed(0)
+    base = Conv1D(d_out, d_in) if conv1d else torch.nn.Linear(d_in, d_out)
+    torch.nn.init.normal_(base.weight)
+    torch.nn.init.normal_(base.bias)
+    model = get_peft_model(
+        torch.nn.Sequential(base),
+        smoa.SMoAConfig(
+            r=r,
+            num_blocks=k,
+            branch_ranks=branch_ranks,
+            lora_alpha=16,
+            lora_dropout=dropout,
+            target_modules=["0"],
+            init_lora_weights=False,
+            bias="lora_only",
+        ),
+    )
+    layer = next(iter(smoa.smoa_layers(model).values()))
+    assert layer.fan_in_fan_out == conv1d
+    layer.train()
+    x = torch.randn(3, 40, d_in)
+    upstream = torch.randn(3, 40, d_out)
+    layer.kernel = "reference"
+    want = layer_run(layer, x, upstream)
+    for kernel in ("fused", "blockwise", "auto"):
+        layer.kernel = kernel
+        got = layer_run(layer, x, upstream)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5, msg=kernel)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5, msg=kernel)
+        assert len(got[2]) == len(want[2]) == 2 * k + 1  # factors and the bias
+        for g, w in zip(got[2], want[2], strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=kernel)
+
+
+def test_fused_path_is_taken_only_when_exact():
+    model = get_peft_model(make_llama(), smoa.SMoAConfig(r=4, target_modules=LLAMA_TARGETS, lora_dropout=0.1))
+    layer = next(iter(smoa.smoa_layers(model).values()))
+    x = torch.randn(2, 64, layer.in_features)
+    layer.train()
+    assert not layer._fusable(x, ["default"], (), {})  # active dropout: the branch input differs from the base's
+    layer.eval()
+    assert layer._fusable(x, ["default"], (), {})
+    assert not layer._fusable(x[:, :4], ["default"], (), {})  # too few tokens for "auto"
+    layer.kernel = "blockwise"
+    assert not layer._fusable(x, ["default"], (), {})
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "reference"])
+def test_model_loss_and_gradients_match_reference(kernel):
+    tokens = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    base = make_llama()
+    config = smoa.SMoAConfig(r=4, num_blocks=2, target_modules=LLAMA_TARGETS, init_lora_weights=False)
+
+    def run(kernel_name):
+        torch.manual_seed(3)  # same random factors for every kernel
+        model = get_peft_model(copy.deepcopy(base), config)
+        set_kernel(model, kernel_name)
+        model.train()
+        loss = model(tokens, labels=tokens).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    want_loss, want_grads = run("reference")
+    loss, grads = run(kernel)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_torch_compile_matches_eager():
+    tokens = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(2))
+    model = get_peft_model(
+        make_llama(), smoa.SMoAConfig(r=4, num_blocks=2, target_modules=LLAMA_TARGETS, init_lora_weights=False)
+    )
+    with torch.no_grad():
+        eager = model(tokens).logits
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(tokens).logits, eager, rtol=1e-4, atol=1e-4)
+    model.train()
+    compiled = torch.compile(model)
+    loss = compiled(tokens, labels=tokens).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -109,27 +109,43 @@ class _FusedLinear(torch.autograd.Function):
         a, b = factors[:num_blocks], factors[num_blocks:]
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            effective = _effective_weight(weight, row_order, col_order, a, b, scaling, g2.dtype)
-            grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
-        common = torch.promote_types(g2.dtype, x2.dtype)
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        common = torch.promote_types(g2.dtype, x2.dtype)
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
         rows_k = block_indices(row_order, num_blocks)
         cols_k = block_indices(col_order, num_blocks)
+        # factor gradients first: their block temporaries are freed before the (d_out, d_in) matrix is built
         for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
             need_a, need_b = ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k]
             if not (need_a or need_b):
                 grad_a.append(None)
                 grad_b.append(None)
                 continue
-            grad_delta = g2.index_select(1, rows).to(common).T @ x2.index_select(1, cols).to(common)
-            grad_t = grad_delta.to(a_k.dtype).mul_(block_anchor(weight, rows, cols)).mul_(scaling)
-            grad_a.append(b_k.T @ grad_t if need_a else None)
-            grad_b.append(grad_t @ a_k.T if need_b else None)
+            x_k = x2.index_select(1, cols).to(common)
+            g_a = torch.zeros_like(a_k) if need_a else None
+            g_b = torch.empty_like(b_k) if need_b else None
+            for start, stop in row_chunks(len(rows)):
+                chunk = rows[start:stop]
+                grad_t = (g2.index_select(1, chunk).to(common).T @ x_k).to(a_k.dtype)
+                grad_t.mul_(block_anchor(weight, chunk, cols)).mul_(scaling)
+                if need_a:
+                    g_a.addmm_(b_k[start:stop].T, grad_t)
+                if need_b:
+                    torch.mm(grad_t, a_k.T, out=g_b[start:stop])
+            grad_a.append(g_a)
+            grad_b.append(g_b)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            effective = _effective_weight(weight, row_order, col_order, a, b, scaling, g2.dtype)
+            grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
         return (grad_x, None, grad_bias, None, None, None, None, *grad_a, *grad_b)
+
+
+def row_chunks(n_rows: int, parts: int = 4) -> list[tuple[int, int]]:
+    """Split a block's rows into ``parts`` slices so block-sized temporaries stay at 1/parts of a block."""
+    step = max(1, -(-n_rows // parts))
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
 def _effective_weight(weight, row_order, col_order, a, b, scaling, dtype) -> Tensor:
@@ -138,10 +154,11 @@ def _effective_weight(weight, row_order, col_order, a, b, scaling, dtype) -> Ten
     effective = weight.to(dtype=dtype, copy=True)
     rows_k, cols_k = block_indices(row_order, num_blocks), block_indices(col_order, num_blocks)
     for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
-        anchor = block_anchor(weight, rows, cols)
-        delta = (b_k @ a_k).mul_(anchor).mul_(scaling)
-        index = (rows.unsqueeze(1), cols.unsqueeze(0))
-        effective.index_put_(index, anchor.to(dtype) + delta.to(dtype))
+        for start, stop in row_chunks(len(rows)):
+            chunk = rows[start:stop]
+            anchor = block_anchor(weight, chunk, cols)
+            block = (b_k[start:stop] @ a_k).mul_(anchor).mul_(scaling).add_(anchor)  # M_k + ΔM_k
+            effective.index_put_((chunk.unsqueeze(1), cols.unsqueeze(0)), block.to(dtype))
     return effective
 
 

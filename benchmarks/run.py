@@ -1,0 +1,471 @@
+"""Speed and memory of SMoA against the frozen base, PEFT's LoRA / HiRA / DoRA and the authors' approach.
+
+Every ratio is measured side by side in one run: the methods are interleaved within each repeat, and the median of
+the repeats (after warm-up) is reported. Peak memory is the high-water mark of the resident set of a fresh process
+that builds the base, wraps it with one method and runs two steps (large allocations forced onto mmap so freed
+memory leaves the process), minus the resident set of the bare base: the method's resident state plus its step peak.
+
+    python benchmarks/run.py layer      # layer fwd+bwd, tokens=2048, SmolLM2 and Llama-2-7B shapes
+    python benchmarks/run.py model      # training steps/s and peak memory, SmolLM2-135M architecture
+    python benchmarks/run.py inference  # unmerged / merged vs base, tokens/s
+    python benchmarks/run.py init       # spectral init time for all targeted layers
+    python benchmarks/run.py all --output benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+LAYER_SHAPES = [(576, 576), (1536, 576), (4096, 4096), (11008, 4096)]
+LAYER_METHODS = [
+    "base",
+    "smoa_k2",
+    "smoa_k2_blockwise",
+    "smoa_k4",
+    "smoa_k8",
+    "lora_r16",
+    "hira_r16",
+    "dora_r16",
+    "smoa_reference",
+    "authors_k2",
+]
+MODEL_METHODS = ["smoa_k2", "lora_r16", "hira_r16", "dora_r16", "authors_k2"]
+
+
+# --------------------------------------------------------------------------------------------------- building
+def peft_wrap(module: nn.Module, method: str, targets: list[str]) -> nn.Module:
+    """Wrap ``module`` with one of the benchmarked methods (trainable parameters matched: SMoA r=32,K=2 ~ LoRA r=16)."""
+    import peft
+
+    import smoa
+
+    if method == "bare":
+        return module
+    if method == "base":
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+    if method.startswith("smoa") or method.startswith("authors"):
+        k = int(method.split("_k")[1][0]) if "_k" in method else 2
+        model = peft.get_peft_model(module, smoa.SMoAConfig(r=32, num_blocks=k, lora_alpha=32, target_modules=targets))
+        kernel = "blockwise" if method.endswith("blockwise") else "reference" if method.endswith("reference") else None
+        for layer in smoa.smoa_layers(model).values():
+            if kernel:
+                layer.kernel = kernel
+            if method.startswith("authors"):
+                install_authors_forward(layer)
+        return model
+    if method == "lora_r16":
+        return peft.get_peft_model(module, peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets))
+    if method == "dora_r16":
+        return peft.get_peft_model(module, peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets, use_dora=True))
+    if method == "hira_r16":
+        return peft.get_peft_model(module, peft.HiraConfig(r=16, target_modules=targets))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def install_authors_forward(layer: nn.Module) -> None:
+    """Re-create the authors' approach on an SMoA layer: float32 anchor copies kept as buffers, and every forward
+    builds a dense zero ``(d_out, d_in)`` matrix, scatters the blocks into it and multiplies densely."""
+    from smoa.adapter.functional import block_anchor, block_indices
+
+    weight = layer.effective_weight().detach()
+    k = len(layer.smoa_A["default"])
+    rows_k = block_indices(layer.smoa_row_order["default"], k)
+    cols_k = block_indices(layer.smoa_col_order["default"], k)
+    layer._authors_blocks = [
+        (rows, cols, block_anchor(weight, rows, cols).to(torch.float32).clone())
+        for rows, cols in zip(rows_k, cols_k, strict=True)
+    ]
+
+    def forward(self, x, *args, **kwargs):
+        result = self.base_layer(x)
+        a, b = self.smoa_A["default"], self.smoa_B["default"]
+        delta = torch.zeros(self.out_features, self.in_features, dtype=x.dtype, device=x.device)
+        for (rows, cols, anchor), a_k, b_k in zip(self._authors_blocks, a, b, strict=True):
+            delta[rows[:, None], cols[None, :]] = (b_k @ a_k) * anchor
+        return result + nn.functional.linear(self.smoa_dropout["default"](x), delta * self.scaling["default"])
+
+    layer.forward = types.MethodType(forward, layer)
+
+
+def make_layer(d_out: int, d_in: int, method: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    linear = nn.Linear(d_in, d_out, bias=False)
+    nn.init.normal_(linear.weight, std=0.02)
+    return peft_wrap(nn.Sequential(linear), method, ["0"])
+
+
+def smollm2_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
+
+
+def make_model(method: str, seed: int = 0) -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(smollm2_config())
+    return peft_wrap(model, method, TARGETS)
+
+
+# ------------------------------------------------------------------------------------------------- stepping
+def layer_step(model: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        model(x).backward(upstream)
+
+    return step
+
+
+def train_step(model: nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_rss_of(kind: str, method: str, *args: str) -> float:
+    """Peak extra resident memory (MiB) of one step, measured in a fresh process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    out = subprocess.run(
+        [sys.executable, __file__, "_memory", kind, method, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def _memory_child(kind: str, method: str, *args: str) -> None:
+    """Peak memory of a method over the bare base: its resident state plus the high-water mark of one step."""
+    if kind == "layer":
+        d_out, d_in, tokens = int(args[0]), int(args[1]), int(args[2])
+        x = torch.randn(tokens, d_in, requires_grad=True)
+        upstream = torch.randn(tokens, d_out)
+        base = make_layer(d_out, d_in, "bare")
+        base_bytes = state_bytes(base)
+        model = peft_wrap(base, method, ["0"])
+        step = layer_step(model, x, upstream)
+    else:
+        batch, seq = int(args[0]), int(args[1])
+        tokens = torch.randint(0, 49152, (batch, seq))
+        base = make_model("bare")
+        base_bytes = state_bytes(base)
+        model = peft_wrap(base, method, TARGETS)
+        step = train_step(model, tokens)
+    # The method's resident state is counted tensor by tensor (the RSS after wrapping also holds the LAPACK
+    # library's cached SVD workspace, which is not the method's); the step's memory is the RSS high-water mark.
+    resident = state_bytes(model) - base_bytes
+    before = _rss_kib("VmRSS")
+    step()  # warm-up; optimizer moments and gradients created here count towards the step below
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the high-water mark VmHWM to the current RSS (Linux >= 4.0)
+    step()
+    step_mib = (_rss_kib("VmHWM") - before) / 1024
+    print(json.dumps({"peak_mib": resident / 2**20 + step_mib, "resident_mib": resident / 2**20}))
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every distinct tensor a model holds: parameters, buffers and tensors kept as module attributes."""
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+            elif isinstance(value, list):  # the authors' anchors: a list of (rows, cols, anchor)
+                tensors += [
+                    t
+                    for item in value
+                    for t in (item if isinstance(item, tuple) else (item,))
+                    if isinstance(t, torch.Tensor)
+                ]
+        for t in tensors:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+# --------------------------------------------------------------------------------------------------- sections
+def bench_layers(tokens: int, repeats: int, shapes: list[tuple[int, int]], memory: bool) -> list[dict]:
+    rows = []
+    for d_out, d_in in shapes:
+        print(f"layer {d_out}x{d_in}, tokens={tokens}", flush=True)
+        x = torch.randn(tokens, d_in, requires_grad=True)
+        upstream = torch.randn(tokens, d_out)
+        steps = {m: layer_step(make_layer(d_out, d_in, m), x, upstream) for m in LAYER_METHODS}
+        medians = interleaved_medians(steps, repeats)
+        for method in LAYER_METHODS:
+            row = {"shape": f"{d_out}x{d_in}", "method": method, "seconds": medians[method]}
+            if memory:
+                row["peak_mib"] = peak_rss_of("layer", method, str(d_out), str(d_in), str(tokens))
+            rows.append(row)
+            print(f"  {method:18s} {medians[method] * 1e3:9.1f} ms  {row.get('peak_mib', float('nan')):8.1f} MiB")
+        del steps
+    return rows
+
+
+def bench_model(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
+    print(f"model SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
+    tokens = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
+    steps = {m: train_step(make_model(m), tokens) for m in MODEL_METHODS}
+    medians = interleaved_medians(steps, repeats)
+    rows = []
+    for method in MODEL_METHODS:
+        row = {"method": method, "seconds": medians[method], "steps_per_s": 1.0 / medians[method]}
+        if memory:
+            row["peak_mib"] = peak_rss_of("model", method, str(batch), str(seq))
+        rows.append(row)
+        print(f"  {method:12s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
+    return rows
+
+
+def bench_inference(batch: int, seq: int, repeats: int) -> list[dict]:
+    print(f"inference (prefill) SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
+    import smoa
+
+    tokens = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
+    base = make_model("base").eval()
+    unmerged = make_model("smoa_k2").eval()
+    for layer in smoa.smoa_layers(unmerged).values():  # a trained-looking adapter (B ≠ 0)
+        for b_k in layer.smoa_B["default"]:
+            nn.init.normal_(b_k, std=0.01)
+    unmerged_blockwise = make_model("smoa_k2_blockwise").eval()
+    merged = make_model("smoa_k2").merge_and_unload().eval()
+
+    def forward(model):
+        def step():
+            with torch.no_grad():
+                model(input_ids=tokens)
+
+        return step
+
+    models = {"base": base, "smoa_unmerged": unmerged, "smoa_unmerged_blockwise": unmerged_blockwise}
+    models["smoa_merged"] = merged
+    medians = interleaved_medians({name: forward(m) for name, m in models.items()}, repeats)
+    rows = []
+    for name in models:
+        rows.append({"method": name, "seconds": medians[name], "tokens_per_s": batch * seq / medians[name]})
+        print(f"  {name:24s} {batch * seq / medians[name]:9.0f} tokens/s")
+    return rows
+
+
+def bench_init(repeats: int) -> dict:
+    import peft
+    from transformers import LlamaForCausalLM
+
+    import smoa
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(smollm2_config())
+    times = []
+    for _ in range(repeats):
+        config = smoa.SMoAConfig(r=32, num_blocks=2, lora_alpha=32, target_modules=TARGETS)
+        start = time.perf_counter()
+        wrapped = peft.get_peft_model(model, config)
+        times.append(time.perf_counter() - start)
+        model = wrapped.unload()
+    n_layers = 30 * len(TARGETS)
+    return {"layers": n_layers, "seconds": statistics.median(times)}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def pick(rows: list[dict], key: str, method: str, **match) -> float:
+    return next(r[key] for r in rows if r["method"] == method and all(r.get(k) == v for k, v in match.items()))
+
+
+def ratio(rows: list[dict], key: str, num: str, den: str, **match) -> float:
+    return pick(rows, key, num, **match) / pick(rows, key, den, **match)
+
+
+def write_report(results: dict, path: str, command: str) -> None:
+    lines = ["# Benchmark results", "", f"Command: `{command}`", ""]
+    machine = results["machine"]
+    lines += [f"Machine: {machine}", ""]
+    if "layer" in results:
+        rows = results["layer"]
+        lines += [f"## Layer forward+backward (tokens = {results['tokens']}, fp32, median of {results['repeats']})", ""]
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        lines.append(
+            "| method | "
+            + " | ".join(f"{s} ms" for s in shapes)
+            + " | "
+            + " | ".join(f"{s} / base" for s in shapes)
+            + " |"
+        )
+        lines.append("|---" * (1 + 2 * len(shapes)) + "|")
+        for method in LAYER_METHODS:
+            ms = [next(r["seconds"] for r in rows if r["shape"] == s and r["method"] == method) * 1e3 for s in shapes]
+            rel = [ratio(rows, "seconds", method, "base", shape=s) for s in shapes]
+            lines.append(
+                f"| {method} | "
+                + " | ".join(f"{v:.1f}" for v in ms)
+                + " | "
+                + " | ".join(f"{v:.2f}" for v in rel)
+                + " |"
+            )
+        if "peak_mib" in rows[0]:
+            lines += ["", "Peak extra memory of one step (MiB):", ""]
+            lines.append("| method | " + " | ".join(shapes) + " |")
+            lines.append("|---" * (1 + len(shapes)) + "|")
+            for method in LAYER_METHODS:
+                mib = [next(r["peak_mib"] for r in rows if r["shape"] == s and r["method"] == method) for s in shapes]
+                lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in mib) + " |")
+        big = "4096x4096"
+        if big in shapes:
+            lines += ["", f"Targets at {big}:", ""]
+            checks = [
+                ("SMoA(r=32,K=2) / frozen base", ratio(rows, "seconds", "smoa_k2", "base", shape=big), "<= 1.35"),
+                ("SMoA / LoRA r=16", ratio(rows, "seconds", "smoa_k2", "lora_r16", shape=big), "<= 1.3"),
+                ("SMoA / HiRA r=16", ratio(rows, "seconds", "smoa_k2", "hira_r16", shape=big), "< 1"),
+                ("SMoA / authors' approach", ratio(rows, "seconds", "smoa_k2", "authors_k2", shape=big), "<= 0.6"),
+            ]
+            if "peak_mib" in rows[0]:
+                diff = pick(rows, "peak_mib", "authors_k2", shape=big) - pick(rows, "peak_mib", "smoa_k2", shape=big)
+                checks.append(("authors' peak − SMoA peak (MiB; one fp32 4096² = 64 MiB)", diff, ">= 64"))
+            for name, value, target in checks:
+                lines.append(f"- {name}: **{value:.2f}** (target {target})")
+    if "model" in results:
+        rows = results["model"]
+        lines += [
+            "",
+            f"## Model training step (SmolLM2-135M architecture, batch {results['batch']}, seq "
+            f"{results['seq']}, targets q,k,v,up,down, AdamW, median of {results['repeats']})",
+            "",
+        ]
+        lines += ["| method | s/step | steps/s | vs LoRA r=16 | peak MiB | vs LoRA |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            rel_t = ratio(rows, "seconds", r["method"], "lora_r16")
+            rel_m = ratio(rows, "peak_mib", r["method"], "lora_r16") if "peak_mib" in r else float("nan")
+            lines.append(
+                f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
+                f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"
+            )
+    if "inference" in results:
+        rows = results["inference"]
+        lines += ["", f"## Inference prefill (batch {results['batch']}, seq {results['seq']}, no grad)", ""]
+        lines += ["| model | tokens/s | vs base |", "|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['method']} | {r['tokens_per_s']:.0f} | {ratio(rows, 'seconds', 'base', r['method']):.3f} |"
+            )
+    if "init" in results:
+        init = results["init"]
+        lines += ["", "## Spectral initialisation", ""]
+        lines.append(f"- SVD orders for all {init['layers']} targeted layers of SmolLM2-135M: {init['seconds']:.2f} s")
+        if "model" in results:
+            step = pick(results["model"], "seconds", "smoa_k2")
+            for steps in (100, 1000):
+                share = init["seconds"] / (init["seconds"] + steps * step)
+                lines.append(f"- share of a {steps}-step run at {step:.2f} s/step: {100 * share:.2f}%")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_memory":
+        _memory_child(*argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("section", choices=["layer", "model", "inference", "init", "all"])
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per layer step (default 2048)")
+    parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in LAYER_SHAPES), help="d_outxd_in,...")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory processes")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", help="write a markdown report here (and JSON next to it)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} threads",
+        "tokens": args.tokens,
+        "repeats": args.repeats,
+        "batch": args.batch,
+        "seq": args.seq,
+    }
+    memory = not args.no_memory
+    if args.section in ("layer", "all"):
+        results["layer"] = bench_layers(args.tokens, args.repeats, shapes, memory)
+    if args.section in ("model", "all"):
+        results["model"] = bench_model(args.batch, args.seq, args.repeats, memory)
+    if args.section in ("inference", "all"):
+        results["inference"] = bench_inference(args.batch, args.seq, args.repeats)
+    if args.section in ("init", "all"):
+        results["init"] = bench_init(args.repeats)
+        print(f"init: {results['init']}")
+    if args.output:
+        command = "python benchmarks/run.py " + " ".join(argv)
+        write_report(results, args.output, command)
+        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 
-def build_tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tiny_tokenizer(add_bos: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token=None))
@@ -16,6 +16,8 @@ def build_tiny_tokenizer():
     corpus = ["Below is an instruction that describes a task.", "### Instruction:", "### Response:",
               "the correct answer is answer1 answer2 true false solution1 option2 ending3"]
     backend.train_from_iterator(corpus * 5, trainer)
+    if add_bos:  # like Llama's tokenizers: every sequence starts with bos
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from smoa.tasks.prompts import DORA, IGNORE_INDEX, SMOA, collate_for_training, get_template, tokenize_for_training
+from smoa.tasks.prompts import (
+    DORA,
+    IGNORE_INDEX,
+    SMOA,
+    bos_prefix,
+    collate_for_training,
+    get_template,
+    tokenize_for_training,
+)
 from smoa.tasks.records import Record
 
 RECORD = Record(instruction="Pick one.\n\nAnswer format: true/false", output="the correct answer is true",
@@ -47,6 +55,15 @@ def test_response_only_labels(tiny_tokenizer):
     assert labels[1 + len(prompt) :] == ids[1 + len(prompt) :]
     assert example["attention_mask"] == [1] * len(ids)
     assert len(ids) - 1 - len(prompt) <= 16  # response capped at 16 tokens
+
+
+def test_bos_only_when_the_tokenizer_uses_one(tiny_tokenizer, plain_tokenizer):
+    assert bos_prefix(tiny_tokenizer) == [tiny_tokenizer.bos_token_id]
+    plain = plain_tokenizer
+    assert bos_prefix(plain) == []
+    example = tokenize_for_training(RECORD, plain, SMOA)
+    assert example["input_ids"][0] != plain.bos_token_id
+    assert example["input_ids"][-1] == plain.eos_token_id
 
 
 def test_response_cap_and_prompt_cap(tiny_tokenizer):

@@ -1,7 +1,8 @@
 """Prompt templates and the record → training-tensor step.
 
 A template turns a :class:`~smoa.tasks.records.Record` into the text a model reads (``prompt``) and the text it must
-produce (``response``). Training sequences are ``bos + prompt + response + eos``; the loss covers the response only
+produce (``response``). Training sequences are ``bos + prompt + response + eos`` (bos only for tokenizers that
+use one); the loss covers the response only
 (the default) or the whole sequence (DoRA / LLM-Adapters). Evaluation feeds ``bos + prompt`` and compares the
 generated continuation. Prompt and response are tokenised separately and concatenated, so the prompt tokens seen at
 evaluation are exactly the ones seen in training.
@@ -110,11 +111,23 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def bos_prefix(tokenizer) -> list[int]:
+    """``[bos]`` when the tokenizer itself starts sequences with bos (Llama-2/3 do), else ``[]``.
+
+    Following the tokenizer's own convention keeps each model's pretraining format: SmolLM2's declared bos is the
+    chat token ``<|im_start|>``, which its tokenizer never prepends, so no bos is added for it.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
+
+
 def prompt_token_ids(record: Record, tokenizer, template: PromptTemplate) -> list[int]:
-    """``bos + prompt`` token ids, cut to ``template.max_prompt_tokens`` from the left (the end is kept)."""
-    ids = _ids(tokenizer, template.prompt(record))
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id, *ids]
+    """``bos + prompt`` token ids (bos as :func:`bos_prefix` decides), cut to ``template.max_prompt_tokens`` from the
+    left (the end is kept)."""
+    ids = bos_prefix(tokenizer) + _ids(tokenizer, template.prompt(record))
     if template.max_prompt_tokens is not None and len(ids) > template.max_prompt_tokens:
         ids = ids[len(ids) - template.max_prompt_tokens :]
     return ids
@@ -127,7 +140,7 @@ def tokenize_for_training(
 
     Args:
         record: the example.
-        tokenizer: a Hugging Face tokenizer (its bos is prepended when it has one; eos is appended).
+        tokenizer: a Hugging Face tokenizer (bos is prepended when the tokenizer uses one; eos is appended).
         template: the prompt template (its caps are applied: prompt from the left, response and total from the right).
         loss_on: override the template's ``"response"`` / ``"all"``.
 

@@ -12,7 +12,9 @@ Templates (SPEC §3):
 - ``smoa`` (default for commonsense; HiRA/SMoA): Alpaca-style, response-only loss, prompt ≤ 256 tokens, response
   ≤ 16 tokens.
 - ``dora`` (DoRA / LLM-Adapters): the same text indented by 16 spaces, whole-sequence loss, ≤ 256 tokens in all.
-- ``metamath`` (math): MetaMath's prompt ending ``"### Response: Let's think step by step."``.
+- ``metamath`` (math): MetaMath's evaluation prompt, ending ``"### Response: Let's think step by step."``; training
+  uses it too (Decision: MetaMath's own training prompt stops at ``"### Response:"``; one prompt for both keeps
+  what the model reads at evaluation identical to what it was trained on), target ``" " + response``.
 - ``dialogue`` (ConvAI2, HiRA): ``"CONTEXT: {instruction} TARGET: {output}"``, loss after ``TARGET:``, ≤ 512 tokens.
 """
 

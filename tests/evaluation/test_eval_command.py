@@ -1,0 +1,37 @@
+"""``smoa eval`` end to end with a tiny local model folder."""
+
+import json
+
+from smoa.cli.main import main
+
+
+def test_eval_command_writes_json_and_prints_table(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "result.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--task", "winogrande", "--limit", "4", "--method", "loglik",
+                 "--output", str(output), "--no-progress", "--predictions"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| Model | WinoGrande |" in printed
+    result = json.loads(output.read_text())
+    assert result["datasets"]["winogrande"]["total"] == 4 and len(result["predictions"]["winogrande"]) == 4
+    assert result["model"] == str(tiny_model_dir) and result["adapter"] is None
+
+
+def test_eval_command_generation_path(tiny_model_dir, tmp_path):
+    output = tmp_path / "gsm8k.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--task", "gsm8k", "--limit", "2", "--num-beams", "2",
+                 "--max-new-tokens", "3", "--output", str(output), "--no-progress"])
+    assert code == 0
+    summary = json.loads(output.read_text())["datasets"]["gsm8k"]
+    assert summary["total"] == 2 and summary["size"] == 1319
+
+
+def test_eval_command_errors(tiny_model_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--task", "copa"]) == 2
+    assert "unknown task 'copa'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "absent"), "--task", "boolq"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path), "--task", "boolq"]) == 2
+    assert "not a PEFT adapter folder" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model_dir), "--task", "convai2", "--limit", "1"]) == 2
+    assert "ConvAI2 cannot be downloaded here" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Commonsense reasoning: eight multiple-choice datasets in the LLM-Adapters format (SPEC §3.1).
 
 Each example becomes ``{"instruction", "input": "", "output": "the correct answer is X", "answer": X}`` with the
-instruction shapes LLM-Adapters published (checked field by field against its ``dataset/<name>/test.json``):
+instruction shapes LLM-Adapters published (see docs/tasks.md for how they were checked against its files):
 
 - BoolQ: ``Please answer the following question with true or false, question: {q}?\\n\\nAnswer format: true/false``
 - PIQA: ``Please choose the correct solution to the question: {goal}\\n\\nSolution1: {s1}\\n\\nSolution2: {s2}``

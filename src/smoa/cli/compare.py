@@ -1,0 +1,46 @@
+"""``smoa compare``: several methods × seeds with one recipe, gathered into one results table.
+
+smoa compare --recipe recipes/quickstart-cpu.yaml --methods smoa,lora
+smoa compare --recipe recipes/llama2-7b-commonsense.yaml --methods smoa,lora,dora,hira --seeds 1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="train and evaluate several methods (and seeds) with one recipe; print one table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_recipe_arguments(parser)
+    parser.add_argument("--methods", default="smoa,lora", help="comma-separated method names (default smoa,lora)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the recipe's seed)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.help_recipe:
+        return print_recipe_help()
+    from smoa.methods import get_method
+    from smoa.training.checkpoints import write_text_atomic
+    from smoa.training.compare import compare_table, run_compare
+
+    recipe = recipe_from_args(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        get_method(method)  # unknown names fail here, before any training
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [recipe.seed]
+    results = run_compare(recipe, methods, seeds, resume=args.resume, overwrite=args.overwrite)
+    table = compare_table(results)
+    print(table)
+    path = os.path.join(recipe.run_dir, "table.md")
+    write_text_atomic(path, table + "\n")
+    print(f"table: {path}")
+    return 0

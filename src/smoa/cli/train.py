@@ -1,0 +1,38 @@
+"""``smoa train``: fine-tune a model with one method from a YAML recipe, then evaluate it.
+
+smoa train --recipe recipes/smollm2-commonsense-cpu.yaml --method smoa
+smoa train --recipe recipes/llama3-8b-commonsense.yaml --set learning_rate=2e-4 --resume
+accelerate launch --config_file configs/accelerate/ddp.yaml -m smoa.cli.main train --recipe ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune with one method from a recipe (checkpoints, resume, evaluation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_recipe_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.help_recipe:
+        return print_recipe_help()
+    from smoa.training import run_training
+    from smoa.training.compare import compare_table
+
+    recipe = recipe_from_args(args)
+    result = run_training(recipe, resume=args.resume, overwrite=args.overwrite)
+    print(compare_table([result]))
+    print(f"adapter: {result.adapter_dir}\nresults: {result.run_dir}/results.json")
+    print(json.dumps({"steps": result.steps, "best_val_loss": result.best_val_loss}, indent=None))
+    return 0

@@ -1,0 +1,100 @@
+"""Several methods × seeds trained and evaluated with one recipe, gathered into one results table."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+from typing import Any
+
+from .checkpoints import write_json_atomic
+from .recipe import Recipe
+from .trainer import TrainResult, run_training
+
+COMMONSENSE_ORDER = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa")
+
+
+def run_compare(
+    recipe: Recipe,
+    methods: list[str],
+    seeds: list[int],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> list[TrainResult]:
+    """Train and evaluate ``recipe`` once per method and seed, each in ``<run_dir>/<method>-seed<seed>``."""
+    results = []
+    for method in methods:
+        for seed in seeds:
+            name = f"{method}-seed{seed}"
+            run = dataclasses.replace(
+                recipe,
+                method=method,
+                seed=seed,
+                name=f"{recipe.name}-{name}",
+                output_dir=os.path.join(recipe.run_dir, name),
+            )
+            log(f"=== {name} ===")
+            results.append(run_training(run, resume=resume, overwrite=overwrite, log=log))
+    write_json_atomic(os.path.join(recipe.run_dir, "compare.json"), [r.__dict__ for r in results])
+    return results
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def compare_table(results: list[TrainResult]) -> str:
+    """A markdown table, one row per method (means over seeds): accuracy per evaluated dataset and average,
+    trainable parameters and %, mean update rank, train time and peak memory."""
+    by_method: dict[str, list[TrainResult]] = {}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    datasets: list[tuple[str, str]] = []  # (task, dataset)
+    for r in results:
+        for task, evaluation in r.evaluation.items():
+            for name in evaluation.get("datasets", {}):
+                if (task, name) not in datasets:
+                    datasets.append((task, name))
+    datasets.sort(key=lambda td: COMMONSENSE_ORDER.index(td[1]) if td[1] in COMMONSENSE_ORDER else 99)
+    displays = [
+        next(r.evaluation[t]["datasets"][d].get("display", d) for r in results if t in r.evaluation)
+        for t, d in datasets
+    ]
+    header = ["Method", "Seeds", *displays]
+    if len(datasets) > 1:
+        header.append("Avg")
+    header += ["Trainable", "Params%", "ΔW rank", "Train s", "Peak MiB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, runs in by_method.items():
+        cells: list[str] = [method, str(len(runs))]
+        accs = []
+        for task, name in datasets:
+            acc = _mean([_metric(r, task, name) for r in runs])
+            accs.append(acc)
+            cells.append(_fmt(acc))
+        if len(datasets) > 1:
+            cells.append(_fmt(_mean(accs) if all(a is not None for a in accs) else None))
+        first = runs[0]
+        cells += [
+            f"{first.trainable_params:,}",
+            f"{first.params_percent:.4f}",
+            _fmt(_mean([r.update_rank for r in runs]), 1),
+            _fmt(_mean([r.train_seconds for r in runs]), 0),
+            _fmt(_mean([r.peak_memory_mib for r in runs]), 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _metric(result: TrainResult, task: str, dataset: str) -> float | None:
+    summary: dict[str, Any] = result.evaluation.get(task, {}).get("datasets", {}).get(dataset, {})
+    if "accuracy" in summary:
+        return summary["accuracy"]
+    return summary.get("avg")

@@ -1,0 +1,386 @@
+"""One training run: recipe → model + method → data → transformers' Trainer → adapter, metrics and evaluation.
+
+Distributed runs need nothing special: launch the same command with ``accelerate launch`` (DDP, FSDP or DeepSpeed;
+configs in ``configs/accelerate/``) and Trainer shards the data and averages the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import (
+    CheckpointError,
+    latest_valid_checkpoint,
+    save_dir_atomic,
+    verify_checkpoint,
+    write_json_atomic,
+    write_manifest,
+)
+from .recipe import Recipe
+
+RUN_FILE = "run.json"
+TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialogue"}
+
+
+class RunDirError(RuntimeError):
+    """The output folder holds another run."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced, for tables and the run folder's ``results.json``."""
+
+    run_dir: str
+    adapter_dir: str
+    method: str
+    settings: dict[str, Any]
+    trainable_params: int
+    params_percent: float
+    train_examples: int
+    steps: int
+    train_seconds: float
+    peak_memory_mib: float | None
+    best_checkpoint: str | None
+    final_train_loss: float | None
+    best_val_loss: float | None
+    update_rank: float | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict[str, list[int]]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.items[index]
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_training_records(recipe: Recipe) -> tuple[list, list]:
+    """``(train, validation)`` records: the family's training set, optionally a seeded slice, minus ``val_size``."""
+    import random
+
+    from smoa.tasks import load_train_records
+    from smoa.tasks.commonsense import split_validation
+
+    standin = recipe.train_limit + recipe.val_size if recipe.train_limit else 10_000  # math without MetaMathQA
+    records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
+    if recipe.train_limit is not None and recipe.train_limit + recipe.val_size < len(records):
+        picked = sorted(random.Random(recipe.seed).sample(range(len(records)), recipe.train_limit + recipe.val_size))
+        records = [records[i] for i in picked]
+    if recipe.val_size >= len(records):
+        raise ValueError(
+            f"recipe key val_size={recipe.val_size} leaves no training data ({len(records)} records); lower it"
+        )
+    return split_validation(records, recipe.val_size, recipe.seed)
+
+
+def tokenize_records(records: list, tokenizer, recipe: Recipe) -> list[dict[str, list[int]]]:
+    from smoa.tasks.prompts import get_template, tokenize_for_training
+
+    template = get_template(recipe.template or TASK_TEMPLATES[recipe.task])
+    return [tokenize_for_training(r, tokenizer, template, recipe.loss_on) for r in records]
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def build_model(recipe: Recipe):
+    """``(peft_model, tokenizer, plan)``: the base model with the recipe's method injected."""
+    from peft import get_peft_model
+
+    import smoa  # noqa: F401  (registers SMoA and the baselines with PEFT)
+    from smoa.methods import plan_method
+    from smoa.models import load_model_and_tokenizer
+
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = load_model_and_tokenizer(recipe.model, dtype=recipe.dtype)
+    plan = plan_method(
+        recipe.method, model, recipe.budget, recipe.target_params, recipe.target_modules, **recipe.method_args
+    )
+    config = plan.peft_config()
+    config.task_type = "CAUSAL_LM"
+    torch.manual_seed(recipe.seed)
+    peft_model = get_peft_model(model, config)
+    if recipe.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    return peft_model, tokenizer, plan
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
+    """Create or check the run folder: never mix two runs in one folder, never delete one silently."""
+    run_dir = Path(recipe.run_dir)
+    run_file = run_dir / RUN_FILE
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run_dir  # in a distributed launch the main process checks and creates the folder
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not run_file.is_file():
+            raise RunDirError(
+                f"output folder {run_dir} is not empty and holds no smoa run ({RUN_FILE}); choose another "
+                "output_dir, or pass --overwrite to replace its contents"
+            )
+        else:
+            saved = json.loads(run_file.read_text())
+            if saved.get("fingerprint") != recipe.fingerprint():
+                raise RunDirError(
+                    f"output folder {run_dir} holds a different run (recipe {saved.get('recipe', {}).get('name')!r}, "
+                    "other settings); choose another output_dir, or pass --overwrite to replace it"
+                )
+            if not resume:
+                raise RunDirError(
+                    f"output folder {run_dir} already holds this run; pass --resume to continue it or --overwrite "
+                    "to start again"
+                )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_file.is_file():
+        write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+    return run_dir
+
+
+def peak_memory_reset() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    elif os.path.exists("/proc/self/clear_refs"):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mib() -> float | None:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU, Linux) since the last reset."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- training
+def _trainer_classes():
+    from transformers import Trainer, TrainerCallback
+
+    class SMoATrainer(Trainer):
+        """Trainer whose checkpoints carry a manifest written last (see :mod:`.checkpoints`)."""
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                write_manifest(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
+
+    class MetricsLog(TrainerCallback):
+        """Appends every logged dict (loss, lr, eval_loss, ...) with the step to ``metrics.jsonl``."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return SMoATrainer, MetricsLog
+
+
+def training_arguments(recipe: Recipe, run_dir: Path):
+    from transformers import TrainingArguments
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if recipe.batch_size % (recipe.micro_batch_size * world):
+        raise ValueError(
+            f"recipe key batch_size={recipe.batch_size} must be a multiple of micro_batch_size × processes "
+            f"= {recipe.micro_batch_size} × {world}"
+        )
+    report_to = ["tensorboard"] if recipe.tensorboard else []
+    if recipe.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                "recipe key tensorboard=true needs TensorBoard: python3 -m pip install tensorboard"
+            ) from err
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        per_device_train_batch_size=recipe.micro_batch_size,
+        per_device_eval_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.batch_size // (recipe.micro_batch_size * world),
+        warmup_steps=recipe.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        lr_scheduler_type=recipe.lr_scheduler,
+        max_grad_norm=recipe.max_grad_norm,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        bf16=recipe.precision == "bf16",
+        fp16=recipe.precision == "fp16",
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        eval_strategy="steps",
+        eval_steps=recipe.eval_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.keep_last + 1,  # the best checkpoint is kept on top of the last ones
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=recipe.logging_steps,
+        report_to=report_to,
+        disable_tqdm=not recipe.progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and world > 1 else None,
+        ddp_find_unused_parameters=False if world > 1 else None,
+    )
+
+
+def run_training(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_from: str | None = None,
+    callbacks: list | None = None,
+    log=print,
+) -> TrainResult:
+    """Train ``recipe.method`` on ``recipe.task``; save the best adapter to ``<run_dir>/adapter``; evaluate.
+
+    Args:
+        resume: continue from the newest complete checkpoint of the run folder (checked against its manifest).
+        overwrite: replace whatever the run folder holds.
+        resume_from: a specific checkpoint folder to continue from (verified first).
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+    """
+    from smoa.tasks.prompts import collate_for_training
+
+    run_dir = prepare_run_dir(recipe, resume or resume_from is not None, overwrite)
+    checkpoint = None
+    if resume_from is not None:
+        verify_checkpoint(resume_from)
+        checkpoint = resume_from
+    elif resume:
+        found = latest_valid_checkpoint(run_dir, warn=log)
+        checkpoint = str(found) if found else None
+        if checkpoint is None:
+            log(f"no complete checkpoint in {run_dir}; starting from the beginning")
+
+    model, tokenizer, plan = build_model(recipe)
+    train_records, val_records = load_training_records(recipe)
+    train_set = ListDataset(tokenize_records(train_records, tokenizer, recipe))
+    val_set = ListDataset(tokenize_records(val_records, tokenizer, recipe))
+    log(
+        f"{recipe.method}: {plan.trainable_params:,} trainable parameters ({plan.params_percent:.4f}%), "
+        f"{len(train_set):,} training / {len(val_set):,} validation examples"
+    )
+    SMoATrainer, MetricsLog = _trainer_classes()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer = SMoATrainer(
+        model=model,
+        args=training_arguments(recipe, run_dir),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=lambda features: collate_for_training(features, pad),
+        callbacks=[MetricsLog(run_dir / "metrics.jsonl"), *(callbacks or [])],
+    )
+    peak_memory_reset()
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except CheckpointError:
+        raise
+    train_seconds = time.perf_counter() - started
+    peak = peak_memory_mib()
+    adapter_dir = run_dir / "adapter"
+    if trainer.args.should_save:
+        save_dir_atomic(adapter_dir, lambda tmp: model.save_pretrained(tmp))
+    history = trainer.state.log_history
+    val_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    result = TrainResult(
+        run_dir=str(run_dir),
+        adapter_dir=str(adapter_dir),
+        method=recipe.method,
+        settings=plan.settings,
+        trainable_params=plan.trainable_params,
+        params_percent=plan.params_percent,
+        train_examples=len(train_set),
+        steps=trainer.state.global_step,
+        train_seconds=round(train_seconds, 2),
+        peak_memory_mib=None if peak is None else round(peak, 1),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        final_train_loss=train_losses[-1] if train_losses else output.training_loss,
+        best_val_loss=min(val_losses) if val_losses else None,
+    )
+    if trainer.args.should_save:
+        result.update_rank = mean_update_rank(model)
+    if recipe.eval_tasks and trainer.args.should_save:
+        result.evaluation = evaluate_model(model, tokenizer, recipe)
+    if trainer.args.should_save:
+        write_json_atomic(run_dir / "results.json", result.__dict__)
+    return result
+
+
+def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
+    """Evaluate on ``recipe.eval_tasks``; returns ``{task: result}`` as :func:`smoa.evaluation.runner.evaluate_task`."""
+    from smoa.evaluation.runner import evaluate_task
+
+    model.eval()
+    out = {}
+    for task in recipe.eval_tasks:
+        out[task] = evaluate_task(
+            model,
+            tokenizer,
+            task,
+            limit=recipe.eval_limit,
+            seed=recipe.seed,
+            method=recipe.eval_method,
+            template=recipe.template,
+            num_beams=recipe.num_beams,
+            batch_size=recipe.eval_batch_size,
+            data_dir=recipe.eval_data_dir,
+            progress=recipe.progress and sys.stderr.isatty(),
+        )
+    return out
+
+
+def mean_update_rank(model, threshold: float = 0.005) -> float | None:
+    """Mean numerical rank of ``ΔW = W_merged − W0`` over the adapted layers (singular values > ``threshold``, as
+    HiRA counts); ``None`` for methods that cannot be merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    ranks = []
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, BaseTunerLayer) or not hasattr(module.get_base_layer(), "weight"):
+                continue
+            weight = module.get_base_layer().weight
+            before = weight.detach().float().clone()
+            try:
+                module.merge()
+            except Exception:  # a method that cannot merge has no ΔW to rank
+                return None
+            delta = weight.detach().float() - before
+            module.unmerge()
+            ranks.append(int((torch.linalg.svdvals(delta) > threshold).sum()))
+    return sum(ranks) / len(ranks) if ranks else None

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smoa.training.recipe import Recipe, RecipeError, load_recipe, parse_override
+
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    recipe = load_recipe(str(path))
+    assert recipe.name and recipe.task in ("commonsense", "math", "dialogue")
+
+
+def test_unknown_key_names_the_nearest(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("learning_rat: 0.001\n")
+    with pytest.raises(RecipeError, match=r"unknown recipe key 'learning_rat'; did you mean 'learning_rate'"):
+        load_recipe(str(path))
+    with pytest.raises(RecipeError, match=r"override 'epoch=2'.*did you mean 'epochs'"):
+        load_recipe(None, ["epoch=2"])
+
+
+def test_overrides_are_yaml_values():
+    recipe = load_recipe(
+        None, ["learning_rate=2e-4", "target_modules=[q_proj, v_proj]", "method_args.r=16", "train_file=null"]
+    )
+    assert recipe.learning_rate == 2e-4 and recipe.target_modules == ["q_proj", "v_proj"]
+    assert recipe.method_args == {"r": 16} and recipe.train_file is None
+    assert parse_override("name=x") == ("name", "x")
+    with pytest.raises(RecipeError, match="key=value"):
+        parse_override("oops")
+
+
+@pytest.mark.parametrize(
+    "values,key",
+    [
+        ({"task": "vision"}, "task"),
+        ({"batch_size": 10, "micro_batch_size": 4}, "batch_size"),
+        ({"save_steps": 30, "eval_steps": 20}, "save_steps"),
+        ({"precision": "fp8"}, "precision"),
+        ({"budget": "huge"}, "budget"),
+        ({"learning_rate": 0}, "learning_rate"),
+    ],
+)
+def test_invalid_values_name_the_key(values, key):
+    with pytest.raises(RecipeError, match=f"recipe key {key}="):
+        Recipe(**values)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="must hold a mapping"):
+        load_recipe(str(bad))
+
+
+def test_fingerprint_ignores_logging_but_not_training():
+    base = Recipe()
+    assert Recipe(logging_steps=3, progress=False).fingerprint() == base.fingerprint()
+    assert Recipe(learning_rate=1e-4).fingerprint() != base.fingerprint()

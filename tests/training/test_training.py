@@ -1,0 +1,180 @@
+"""Training runs on a tiny model: results, checkpoints, the run-folder guard, exact resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smoa.training import load_recipe, run_training
+from smoa.training.checkpoints import MANIFEST, CheckpointError, latest_valid_checkpoint
+from smoa.training.trainer import RunDirError
+
+from .conftest import commonsense_rows, tiny_recipe_values
+
+SRC = str(Path(__file__).parents[2] / "src")
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def test_train_writes_adapter_checkpoints_metrics_and_results(tiny_model_dir, train_file, tmp_path):
+    recipe = load_recipe(
+        None,
+        **tiny_recipe_values(
+            tiny_model_dir,
+            train_file,
+            tmp_path / "run",
+            eval_tasks=["boolq"],
+            eval_limit=4,
+            eval_method="loglik",
+            learning_rate=0.05,
+        ),
+    )
+    result = run_training(recipe, log=quiet)
+    run = Path(result.run_dir)
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.steps == 6 and result.train_examples == 40
+    checkpoints = sorted(p.name for p in run.glob("checkpoint-*"))
+    assert "checkpoint-6" in checkpoints and len(checkpoints) <= 2  # the last one and the best one
+    assert all((run / c / MANIFEST).is_file() for c in checkpoints)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in logged) and any("eval_loss" in row for row in logged)
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["trainable_params"] == result.trainable_params > 0
+    assert result.update_rank is not None and result.update_rank > 4  # far above the total branch rank r=4
+    assert result.evaluation["boolq"]["datasets"]["boolq"]["total"] == 4
+    assert result.best_val_loss == min(r["eval_loss"] for r in logged if "eval_loss" in r)
+
+
+def test_run_folder_guard(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
+    run_training(load_recipe(None, **values), log=quiet)
+    with pytest.raises(RunDirError, match="already holds this run; pass --resume"):
+        run_training(load_recipe(None, **values), log=quiet)
+    other = load_recipe(None, **{**values, "learning_rate": 1e-2})
+    with pytest.raises(RunDirError, match="holds a different run"):
+        run_training(other, resume=True, log=quiet)
+    run_training(other, overwrite=True, log=quiet)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="holds no smoa run"):
+        run_training(load_recipe(None, **{**values, "output_dir": str(foreign)}), log=quiet)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {src!r})
+    from transformers import TrainerCallback
+    from smoa.training import load_recipe, run_training
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == {kill_at}:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    values = json.loads({values!r})
+    callbacks = [KillAt()] if {kill_at} > 0 else []
+    run_training(load_recipe(None, **values), resume={resume}, callbacks=callbacks, log=lambda *a: None)
+    """
+)
+
+
+def run_script(values: dict, kill_at: int = 0, resume: bool = False) -> subprocess.CompletedProcess:
+    script = KILL_SCRIPT.format(src=SRC, kill_at=kill_at, values=json.dumps(values), resume=resume)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_model_dir, train_file, tmp_path):
+    common = dict(max_steps=8, method_args={"r": 4, "num_blocks": 2, "lora_alpha": 8, "lora_dropout": 0.1})
+    straight = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "straight", **common)
+    assert run_script(straight).returncode == 0
+    killed = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "killed", **common)
+    first = run_script(killed, kill_at=5)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert not (tmp_path / "killed" / "adapter").exists()
+    assert latest_valid_checkpoint(tmp_path / "killed", warn=quiet).name == "checkpoint-4"
+    second = run_script(killed, resume=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    want, got = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "killed")
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_corrupted_and_incomplete_checkpoints_are_named(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=4)
+    run_training(load_recipe(None, **values), log=quiet)
+    run = tmp_path / "run"
+    newest = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    optimizer = newest / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optimizer.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt is corrupted"):
+        run_training(load_recipe(None, **values), resume_from=str(newest), log=quiet)
+    partial = run / "checkpoint-99"
+    partial.mkdir()
+    notes = []
+    with pytest.raises(CheckpointError, match="is corrupted"):
+        latest_valid_checkpoint(run, warn=notes.append)
+    assert "checkpoint-99" in notes[0] and "incomplete" in notes[0]
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {src!r})
+    from smoa.training import load_recipe, run_training
+    run_training(load_recipe(None, **json.loads({values!r})), log=lambda *a: None)
+    """
+)
+
+
+def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
+    # 4 training examples and a global batch of 4: every step sees the same examples in both runs, whatever order
+    # each sampler draws them in, so the adapters must agree up to summation order
+    train_file = tmp_path / "train.json"
+    train_file.write_text(json.dumps(commonsense_rows(12, seed=3)))
+    common = dict(max_steps=3, batch_size=4, micro_batch_size=2, eval_steps=3, save_steps=3, learning_rate=0.05)
+    single = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "single", **common)
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", DDP_SCRIPT.format(src=SRC, values=json.dumps(single))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
+    ddp = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "ddp", **common)
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(src=SRC, values=json.dumps(ddp)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want, got = adapter_tensors(tmp_path / "single"), adapter_tensors(tmp_path / "ddp")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)

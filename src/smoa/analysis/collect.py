@@ -121,7 +121,8 @@ def activation_covariances(
             m = moments.get(name)
             if m is None:
                 d = x.shape[-1]
-                m = moments[name] = _Moments(torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64))
+                zeros = torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+                m = moments[name] = _Moments(*zeros)
             m.sum_outer += x.T @ x
             m.sum += x.sum(dim=0)
             m.count += x.shape[0]
@@ -407,8 +408,9 @@ def _quiet_disable(model: nn.Module):
 
 def load_adapter(base: nn.Module, adapter_dir: str | os.PathLike[str]) -> nn.Module:
     """``PeftModel.from_pretrained`` on a copy of ``base`` (the base itself is left untouched), in eval mode."""
-    import smoa  # noqa: F401  (registers SMoA and the baselines with PEFT)
     from peft import PeftModel
+
+    import smoa  # noqa: F401  (registers SMoA and the baselines with PEFT)
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():

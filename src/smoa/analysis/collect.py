@@ -378,10 +378,7 @@ class SpectralAnalyzer:
             result.not_analysable = "the model has no adapted Linear/Conv1D layers"
             return result
         if not all(getattr(layer, "mergeable", True) for layer in layers.values()):
-            result.not_analysable = (
-                f"{method} cannot be merged into the weights (its update depends on the input), so it has no weight "
-                "update ΔW to analyse; only mergeable methods (LoRA, DoRA, HiRA, SMoA, MeLoRA, MoRA) can be analysed"
-            )
+            result.not_analysable = f"{method} cannot be merged (its update depends on the input): it has no ΔW"
             return result
         for name, layer in tqdm(layers.items(), desc=f"analyse {label}", unit="layer", disable=not self.progress):
             w0, w1 = merged_update(layer, adapter_name)

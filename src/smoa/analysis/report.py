@@ -55,7 +55,10 @@ DEFINITIONS = (
         "q_j of the layer-input covariance C = XᵀX/N (calibration data, base model); 1/3 for no preference",
     ),
     ("intruders", "top-10 singular vectors of W0+ΔW whose max |cos| with every singular vector of W0 is below 0.5"),
-    ("block energy", "share of ‖W0‖²_F inside SMoA's K aligned diagonal blocks for the spectral / identity / random order"),
+    (
+        "block energy",
+        "share of ‖W0‖²_F inside SMoA's K aligned diagonal blocks for the spectral / identity / random order",
+    ),
 )
 
 

@@ -75,9 +75,7 @@ def singular_values(weight: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     return torch.linalg.svdvals(w.T if w.shape[0] < w.shape[1] else w)
 
 
-def numerical_rank(
-    singular: Tensor, atol: float | None = HIRA_RANK_TOL, rtol: float | None = None
-) -> int:
+def numerical_rank(singular: Tensor, atol: float | None = HIRA_RANK_TOL, rtol: float | None = None) -> int:
     """``#{j : σ_j > tol}`` with ``tol = max(atol, rtol · σ_max)`` (either may be None); 0 for an all-zero spectrum.
 
     ``singular``: singular values ``(q,)`` of the update, any order.

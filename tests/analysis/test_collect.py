@@ -123,6 +123,6 @@ def test_analyse_adapters_loads_saved_folders_and_leaves_base_untouched(tmp_path
     assert all(len(r.layers) == 10 and r.layers[0].alignment_after is not None for r in results)
     assert results[0].layers[0].block_energy is not None
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         C.analyse_adapters(base, [tmp_path], progress=False)
     assert S.REGIONS == ("head", "middle", "tail")

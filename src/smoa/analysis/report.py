@@ -31,12 +31,12 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from . import spectral as S  # noqa: E402
-from .ceilings import CeilingRow  # noqa: E402
-from .collect import AdapterAnalysis, LayerAnalysis  # noqa: E402
+from . import spectral as S
+from .ceilings import CeilingRow
+from .collect import AdapterAnalysis, LayerAnalysis
 
 FIGURE_DPI = 110
 DEFINITIONS = (
@@ -182,8 +182,10 @@ def _pct(value: float | None, digits: int = 2) -> str:
 
 def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-adapter summary shown at the top of the report."""
-    header = ["adapter", "method", "layers", "mean rank", "mean rel. rank", "mean ceiling", "mean ‖ΔW‖²_F",
-              "shift head", "shift middle", "shift tail", "intruders (layers)", "head alignment Δ (head/mid/tail)"]  # fmt: skip
+    header = [
+        "adapter", "method", "layers", "mean rank", "mean rel. rank", "mean ceiling", "mean ‖ΔW‖²_F",
+        "shift head", "shift middle", "shift tail", "intruders (layers)", "head alignment Δ (head/mid/tail)",
+    ]  # fmt: skip
     rows = []
     for a in analyses:
         s = a.summary()
@@ -401,7 +403,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 figure{margin:1.5em 0}figcaption{font-size:0.9em;color:#555}dt{font-weight:600}dd{margin:0 0 0.5em 1.5em}"""
 

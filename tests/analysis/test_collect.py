@@ -78,14 +78,16 @@ def test_smoa_update_is_high_rank_and_lora_is_not() -> None:
 
 def test_covariance_equals_the_layer_input_gram_matrix() -> None:
     base = tiny_llama()
-    model = adapted(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    model = adapted(base, LoraConfig(r=2, target_modules=["q_proj", "k_proj", "up_proj"]))
     layers = C.adapted_layers(model)
     batches = calibration_batches(3, 7)
     covariances = C.activation_covariances(model, layers, batches, progress=False)
     blocks = model.base_model.model.model
     with torch.no_grad():
         x = torch.cat([blocks.layers[0].input_layernorm(blocks.embed_tokens(ids))[0] for ids in batches]).double()
-    torch.testing.assert_close(covariances["model.layers.0.self_attn.q_proj"], x.T @ x / x.shape[0])
+    for kind in ("q_proj", "k_proj"):  # the same input tensor: one shared Gram matrix per batch
+        torch.testing.assert_close(covariances[f"model.layers.0.self_attn.{kind}"], x.T @ x / x.shape[0])
+    assert not torch.allclose(covariances["model.layers.0.mlp.up_proj"], covariances["model.layers.0.self_attn.q_proj"])
     centred = C.activation_covariances(model, layers, batches, centre=True, progress=False)
     xc = x - x.mean(dim=0)
     torch.testing.assert_close(centred["model.layers.0.self_attn.q_proj"], xc.T @ xc / x.shape[0])

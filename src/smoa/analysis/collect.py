@@ -110,22 +110,27 @@ def activation_covariances(
     """``C = XᵀX / N`` (or the centred covariance) of the inputs ``X (N, d_in)`` of each given layer.
 
     ``batches``: ``input_ids`` tensors ``(1, n)`` run through ``model`` without gradients. Inputs are read by
-    forward pre-hooks on the given modules and accumulated in float64.
+    forward pre-hooks on the given modules; each batch's ``XᵀX`` is formed in float32 and accumulated in float64.
     """
     moments: dict[str, _Moments] = {}
+    # layers fed the same tensor in one forward (q, k, v) share its Gram matrix; holding the tensor until the batch
+    # ends keeps its id from being reused by another tensor
+    batch_grams: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else kwargs.get("input", kwargs.get("x"))
-            x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+            cached = batch_grams.get(id(x))
+            if cached is None:
+                flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+                cached = batch_grams[id(x)] = (x, (flat.T @ flat).double(), flat.double().sum(dim=0))
+            _, gram, total = cached
             m = moments.get(name)
             if m is None:
-                d = x.shape[-1]
-                zeros = torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
-                m = moments[name] = _Moments(*zeros)
-            m.sum_outer += x.T @ x
-            m.sum += x.sum(dim=0)
-            m.count += x.shape[0]
+                m = moments[name] = _Moments(torch.zeros_like(gram), torch.zeros_like(total))
+            m.sum_outer += gram
+            m.sum += total
+            m.count += x.numel() // x.shape[-1]
 
         return hook
 
@@ -138,6 +143,7 @@ def activation_covariances(
         with torch.no_grad():
             for ids in tqdm(batches, desc="calibration", unit="text", disable=not progress, leave=False):
                 model(input_ids=ids.to(device))
+                batch_grams.clear()
     covariances = {}
     for name, m in moments.items():
         c = m.sum_outer / m.count
@@ -315,7 +321,7 @@ class SpectralAnalyzer:
         if name not in self.covariances:
             return None
         if name not in self._eigen:
-            self._eigen[name] = S.covariance_eigenbasis(self.covariances[name])[1]
+            self._eigen[name] = S.covariance_eigenbasis(self.covariances[name], torch.float32)[1]
         return self._eigen[name]
 
     def _intruder_vectors(self, svd: S.ThinSVD) -> Tensor:

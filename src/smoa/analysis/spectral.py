@@ -145,9 +145,12 @@ def spectrum_shift(before: Tensor, after: Tensor) -> SpectrumShift:
     return SpectrumShift(s0, s1, ratio, regions)
 
 
-def covariance_eigenbasis(covariance: Tensor) -> tuple[Tensor, Tensor]:
-    """``C = Q diag(λ) Qᵀ`` of a symmetric ``(d, d)`` covariance: ``(λ (d,), Q (d, d))`` with λ descending."""
-    c = covariance.detach().double()
+def covariance_eigenbasis(covariance: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """``C = Q diag(λ) Qᵀ`` of a symmetric ``(d, d)`` covariance: ``(λ (d,), Q (d, d))`` with λ descending.
+
+    ``dtype``: precision of the decomposition (float32 is several times faster and ample for overlaps).
+    """
+    c = covariance.detach().to(dtype)
     c = (c + c.T) / 2
     values, vectors = torch.linalg.eigh(c)
     return values.flip(0), vectors.flip(1)

@@ -305,21 +305,23 @@ def figure_spectrum_shift(analyses: Sequence[AdapterAnalysis], layer_names: Sequ
 
 
 def figure_region_shift(analyses: Sequence[AdapterAnalysis]):
-    """Mean relative change of the singular-value mass per region (head / middle / tail), one bar per adapter."""
+    """Mean relative change of the singular-value mass per region, one panel (own scale) per region."""
     items = _analysable(analyses)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    width = 0.8 / max(len(items), 1)
-    for i, (color, a) in enumerate(zip(_colors(len(items)), items, strict=True)):
-        shift = a.summary()["shift"]
-        values = [100 * shift[r] for r in S.REGIONS]
-        ax.bar(np.arange(3) + (i - (len(items) - 1) / 2) * width, values, width, color=color, label=a.label)
-    ax.set_xticks(range(3), [f"{r}\n(indices {j + 1}/3)" for j, r in enumerate(S.REGIONS)])
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("Σ s(W0+ΔW) / Σ s(W0) − 1  [%], mean over layers")
-    ax.set_title("Spectrum shift by region")
-    ax.legend()
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
+    colors = _colors(len(items))
+    fig, axes = plt.subplots(1, 3, figsize=(3.0 * 3 + 1.0, 3.8), squeeze=False)
+    titles = {"head": "head (largest third)", "middle": "middle third", "tail": "tail (smallest third)"}
+    for ax, region in zip(axes[0], S.REGIONS, strict=True):
+        values = [100 * a.summary()["shift"][region] for a in items]
+        bars = ax.bar(range(len(items)), values, color=colors)
+        ax.bar_label(bars, [f"{v:+.3g}%" for v in values], fontsize=8, padding=2)
+        ax.set_xticks(range(len(items)), [a.label for a in items], rotation=20, ha="right", fontsize=8)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(titles[region])
+        ax.margins(y=0.2)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("Σ s(W0+ΔW) / Σ s(W0) − 1  [%]")
+    fig.suptitle("Spectrum shift by region, mean over layers")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 

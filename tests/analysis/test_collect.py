@@ -9,7 +9,7 @@ from peft import HiraConfig, LoraConfig
 from smoa import SMoAConfig
 from smoa.analysis import collect as C
 from smoa.analysis import spectral as S
-from smoa.baselines import MeLoRAConfig, SSMLoRAConfig
+from smoa.baselines import MeLoRAConfig, MoRAConfig, SSMLoRAConfig
 from smoa.methods import smoa_layer_rank
 
 from .conftest import TARGETS, adapted, calibration_batches, tiny_gpt2, tiny_llama
@@ -41,6 +41,26 @@ def test_hira_update_is_w0_times_ba_not_get_delta_weight() -> None:
     ba = (layer.hira_B["default"] @ layer.hira_A["default"]).double()
     torch.testing.assert_close(w1 - w0, w0 * ba, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(w1 - w0, ba)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        MeLoRAConfig(r=[2] * 4, target_modules=["q_proj"], init_lora_weights=False),
+        MoRAConfig(r=4, mora_type=6, target_modules=["q_proj"], init_lora_weights=False),
+        LoraConfig(r=3, target_modules=["q_proj"], init_lora_weights=False, use_dora=True),
+    ],
+    ids=["melora", "mora", "dora"],
+)
+def test_merged_update_of_other_methods_is_their_update(config) -> None:
+    model = adapted(tiny_llama(), config)
+    layer = next(iter(C.adapted_layers(model).values()))
+    w0, w1 = C.merged_update(layer, "default")
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = layer(x).double()
+        base = layer.get_base_layer()(x).double()
+    torch.testing.assert_close(x.double() @ (w1 - w0).T, out - base, atol=1e-5, rtol=1e-4)
 
 
 def test_smoa_update_matches_its_formula_and_conv1d_layout() -> None:

@@ -19,7 +19,7 @@ import math
 import os
 import statistics
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,12 +403,6 @@ def _plain_settings(config: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- loading -------
-@contextmanager
-def _quiet_disable(model: nn.Module):
-    with model.disable_adapter():
-        yield
-
-
 def load_adapter(base: nn.Module, adapter_dir: str | os.PathLike[str]) -> nn.Module:
     """``PeftModel.from_pretrained`` on a copy of ``base`` (the base itself is left untouched), in eval mode."""
     from peft import PeftModel
@@ -445,7 +439,7 @@ def analyse_adapters(
         layers = adapted_layers(model)
         missing = {n: layer for n, layer in layers.items() if n not in analyzer.covariances}
         if calibration is not None and missing:
-            with _quiet_disable(model):
+            with model.disable_adapter():
                 analyzer.covariances.update(activation_covariances(model, missing, calibration, centre, progress))
         results.append(analyzer.analyse_model(model, label=label, path=str(adapter_dir)))
         del model

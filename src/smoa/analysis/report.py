@@ -176,8 +176,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None or math.isnan(value) else f"{100 * value:+.{digits}f}%"
+def _pct(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:+.{digits}g}%"
 
 
 def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list[list[str]]]:
@@ -195,11 +195,11 @@ def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list
         before, after = s.get("head_alignment_before"), s.get("head_alignment_after")
         delta = "–"
         if before and after:
-            delta = " / ".join(f"{100 * (after[r] - before[r]):+.2f} pp" for r in S.REGIONS)
+            delta = " / ".join(f"{100 * (after[r] - before[r]):+.2g} pp" for r in S.REGIONS)
         rows.append([
             a.label, a.method, str(s["layers"]), _fmt(s["mean_rank"], 1), _fmt(s["mean_relative_rank"], 1),
-            _fmt(s["mean_ceiling"], 1), _fmt(s["mean_frobenius_sq"], 4), _pct(s["shift"]["head"], 3),
-            _pct(s["shift"]["middle"], 3), _pct(s["shift"]["tail"], 3),
+            _fmt(s["mean_ceiling"], 1), _fmt(s["mean_frobenius_sq"], 4), _pct(s["shift"]["head"]),
+            _pct(s["shift"]["middle"]), _pct(s["shift"]["tail"]),
             f"{s['intruders']} ({s['layers_with_intruders']})", delta,
         ])  # fmt: skip
     return header, rows
@@ -325,37 +325,64 @@ def figure_region_shift(analyses: Sequence[AdapterAnalysis]):
     return fig
 
 
+def _alignment_grid(layers: Sequence[LayerAnalysis], kinds: list[str], columns: list[int], when: str) -> np.ndarray:
+    """``(len(kinds) · 3, len(columns))``: head alignment per (layer type, singular region) row and block column."""
+    grid = np.full((3 * len(kinds), len(columns)), np.nan)
+    position = {c: i for i, c in enumerate(columns)}
+    seen: dict[str, int] = {}
+    for x in layers:
+        heads = x.head_alignment(when)
+        if heads is None:
+            continue
+        column = x.block if x.block is not None else seen.get(x.kind, 0)
+        seen[x.kind] = seen.get(x.kind, 0) + 1
+        row = 3 * kinds.index(x.kind)
+        grid[row : row + 3, position[column]] = heads
+    return grid
+
+
 def figure_alignment(analyses: Sequence[AdapterAnalysis]):
-    """Heatmaps, layers × singular region: head alignment of W0 and its change after each adapter."""
+    """Heatmaps (layer type × singular region) by block: head alignment of W0 and its change after each adapter."""
     items = [a for a in _analysable(analyses) if a.layers[0].alignment_before is not None]
     if not items:
         return None
-    names = [x.name for x in items[0].layers]
-    before = np.array([x.head_alignment("before") for x in items[0].layers])
-    panels = [("W0 (before)", before, "viridis", (0.0, max(float(np.nanmax(before)), 1e-9)))]
-    changes = []
-    for a in items:
-        by_name = {x.name: x for x in a.layers}
-        rows = [by_name[n].head_alignment("after") if n in by_name else [np.nan] * 3 for n in names]
-        changes.append((a.label, np.array(rows, dtype=float) - before))
-    limit = max((float(np.nanmax(np.abs(c))) for _, c in changes), default=0.0) or 1e-9
-    panels += [(f"{label}: after − before", c, "RdBu_r", (-limit, limit)) for label, c in changes]
-    height = min(max(3.0, 0.12 * len(names) + 1.5), 22.0)
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 3.0, height), squeeze=False)
-    step = max(1, len(names) // 40)
-    for col, (ax, (title, data, cmap, (low, high))) in enumerate(zip(axes[0], panels, strict=True)):
+    kinds = list(dict.fromkeys(x.kind for a in items for x in a.layers))
+    columns = sorted({x.block if x.block is not None else i for a in items for i, x in enumerate(a.layers)})
+    before = _alignment_grid(items[0].layers, kinds, columns, "before")
+    changes = [(a.label, _alignment_grid(a.layers, kinds, columns, "after") - before) for a in items]
+    limit = max((float(np.nanmax(np.abs(c))) for _, c in changes if np.isfinite(c).any()), default=0.0) or 1e-9
+    panels = [
+        (
+            "W0 (before): share of the region's singular directions in the top third of C's eigenvectors",
+            before,
+            "viridis",
+            (0.0, max(float(np.nanmax(before)), 1e-9)),
+            "share",
+        )
+    ]
+    panels += [(f"{label}: change after fine-tuning (after − before)", c, "RdBu_r", (-limit, limit), "change")
+               for label, c in changes]  # fmt: skip
+    rows = 3 * len(kinds)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(min(max(6.0, 0.28 * len(columns) + 3.0), 18.0), (0.2 * rows + 1.3) * len(panels)),
+        squeeze=False,
+    )
+    labels = [f"{kind} {region}" for kind in kinds for region in S.REGIONS]
+    for ax, (title, data, cmap, (low, high), bar_label) in zip(axes[:, 0], panels, strict=True):
         image = ax.imshow(data, aspect="auto", cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
-        ax.set_xticks(range(3), list(S.REGIONS))
-        ax.set_xlabel("singular region of W")
+        ax.set_yticks(range(rows), labels, fontsize=7)
+        for boundary in range(3, rows, 3):
+            ax.axhline(boundary - 0.5, color="white", lw=1.5)
+        step = max(1, len(columns) // 30)
+        ax.set_xticks(range(0, len(columns), step), [str(columns[i]) for i in range(0, len(columns), step)],
+                      fontsize=7)  # fmt: skip
+        ax.set_xlabel("transformer block")
+        ax.set_ylabel("layer type, singular region")
         ax.set_title(title, fontsize=9)
-        if col == 0:
-            ax.set_yticks(range(0, len(names), step), [names[i] for i in range(0, len(names), step)], fontsize=6)
-            ax.set_ylabel("layer")
-        else:
-            ax.set_yticks([])
-        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02, label="share in top-third eigvecs of C" if col == 0
-                     else "change (share)")  # fmt: skip
-    fig.suptitle("Alignment of right singular directions with the dominant input directions (calibration data)")
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01, label=bar_label)
+    fig.suptitle("Alignment of right singular directions with the dominant layer-input directions (calibration data)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
@@ -434,8 +461,8 @@ def write_report(
         figures.append(("region_shift.png", "Relative change of the singular-value mass per region, mean over layers.",
                         _png(figure_region_shift(analyses))))  # fmt: skip
         for name, caption, maker in (
-            ("alignment.png", "Head alignment of W0's right singular directions per layer and region, and its change "
-             "after each adapter.", figure_alignment),
+            ("alignment.png", "Head alignment of W0's right singular directions by block, layer type and region, "
+             "and its change after each adapter (one colour scale for all adapters).", figure_alignment),
             ("block_energy.png", "Share of W0's energy inside SMoA's diagonal blocks: spectral vs identity vs random "
              "order.", figure_block_energy),
         ):  # fmt: skip

@@ -492,13 +492,17 @@ def write_report(
         header, rows = headline_table(analyses)
         sections_md += ["## Summary per adapter", "", _md_table(header, rows), ""]
         sections_html += ["<h2>Summary per adapter</h2>", _html_table(header, rows)]
-        energy = [(a.label, a.summary().get("block_energy")) for a in _analysable(analyses)]
-        energy = [(label, e) for label, e in energy if e]
+        energy: dict[int, tuple[str, dict[str, float]]] = {}  # a property of W0 and K: one row per K
+        for a in _analysable(analyses):
+            shares = a.summary().get("block_energy")
+            if shares and a.num_blocks not in energy:
+                energy[a.num_blocks] = (a.label, shares)
         if energy:
-            e_header = ["adapter (base layers)", *[f"{o} order" for o in S.ORDERS]]
-            e_rows = [[label, *[f"{100 * e[o]:.2f}%" for o in S.ORDERS]] for label, e in energy]
-            sections_md += ["### Share of W0's energy in SMoA's diagonal blocks", "", _md_table(e_header, e_rows), ""]
-            sections_html += ["<h3>Share of W0's energy in SMoA's diagonal blocks</h3>", _html_table(e_header, e_rows)]
+            e_header = ["K", "layers of", *[f"{o} order" for o in S.ORDERS]]
+            e_rows = [[k, label, *[f"{100 * e[o]:.2f}%" for o in S.ORDERS]] for k, (label, e) in energy.items()]
+            caption = "Share of W0's energy in SMoA's K diagonal blocks (mean over layers)"
+            sections_md += [f"### {caption}", "", _md_table(e_header, e_rows), ""]
+            sections_html += [f"<h3>{html.escape(caption)}</h3>", _html_table(e_header, e_rows)]
     if ceilings is not None:
         c_rows = [list(row.values()) for row in ceiling_rows(ceilings)]
         c_header = list(ceiling_rows(ceilings)[0]) if c_rows else []

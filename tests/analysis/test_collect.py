@@ -79,7 +79,7 @@ def test_identity_adapter_gives_zero_rank_and_zero_shift() -> None:
     analysis = C.SpectralAnalyzer(covariances, progress=False).analyse_model(model, "identity")
     for x in analysis.layers:
         assert (x.rank, x.relative_rank, x.frobenius, x.intruders) == (0, 0, 0.0, [])
-        assert x.shift == {"head": 0.0, "middle": 0.0, "tail": 0.0}
+        assert x.shift == x.random_shift == {"head": 0.0, "middle": 0.0, "tail": 0.0}
         assert x.alignment_after == x.alignment_before
         assert x.ceiling == smoa_layer_rank(x.d_in, x.d_out, [4, 4])
     summary = analysis.summary()

@@ -124,3 +124,14 @@ def test_alignment_on_a_constructed_covariance() -> None:
 def test_alignment_dimension_mismatch_is_reported() -> None:
     with pytest.raises(ValueError, match="same layer input"):
         S.region_overlap(torch.eye(4), torch.eye(5))
+
+
+def test_random_update_like_matches_the_norm_and_lifts_the_tail() -> None:
+    g = torch.Generator().manual_seed(8)
+    delta = torch.randn(30, 20, generator=g, dtype=torch.float64) * 0.01
+    noise = S.random_update_like(delta, seed=1)
+    assert float(noise.norm()) == pytest.approx(float(delta.norm()))
+    assert torch.equal(S.random_update_like(torch.zeros(3, 4)), torch.zeros(3, 4))
+    w0 = orthogonal(30, 9)[:, :20] @ torch.diag(torch.logspace(0, -3, 20, dtype=torch.float64))
+    shift = S.spectrum_shift(S.singular_values(w0, torch.float64), S.singular_values(w0 + noise, torch.float64))
+    assert shift.regions["tail"] > shift.regions["head"] > -1e-3

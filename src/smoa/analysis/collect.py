@@ -176,6 +176,7 @@ class LayerAnalysis:
     alignment_before: list[list[float]] | None = None
     alignment_after: list[list[float]] | None = None
     block_energy: dict[str, float] | None = None
+    random_shift: dict[str, float] | None = None  # the shift of a norm-matched Gaussian update (null level)
 
     def head_alignment(self, when: str) -> list[float] | None:
         """``A[a, head]`` for each singular region ``a`` (``when``: ``before`` or ``after``)."""
@@ -211,6 +212,8 @@ class AdapterAnalysis:
             kind: statistics.fmean(x.rank for x in ls if x.kind == kind) for kind in dict.fromkeys(x.kind for x in ls)
         }
         out["shift"] = {r: _nanmean(x.shift[r] for x in ls) for r in S.REGIONS}
+        if all(x.random_shift for x in ls):
+            out["random_shift"] = {r: _nanmean(x.random_shift[r] for x in ls) for r in S.REGIONS}
         out["intruders"] = sum(len(x.intruders) for x in ls)
         out["layers_with_intruders"] = sum(1 for x in ls if x.intruders)
         if ls[0].alignment_before is not None:
@@ -283,7 +286,7 @@ def layer_ceiling(method: str, settings: dict[str, Any] | None, name: str, d_out
 class _BaseLayer:
     """Measures of ``W0`` shared by every adapter (computed once per layer)."""
 
-    spectrum: Tensor
+    spectrum: Tensor  # float64 singular values: tiny updates move them by ~1e-6 relative, below float32's resolution
     intruder_basis: Tensor
     alignment: Tensor | None
     block_energy: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -333,7 +336,8 @@ class SpectralAnalyzer:
             svd0 = S.thin_svd(w0)
             eig = self._eigenvectors(name)
             alignment = S.region_overlap(svd0.v, eig) if eig is not None else None
-            base = self._base[name] = _BaseLayer(svd0.s, self._intruder_vectors(svd0), alignment)
+            spectrum = S.singular_values(w0, torch.float64)
+            base = self._base[name] = _BaseLayer(spectrum, self._intruder_vectors(svd0), alignment)
         if self.block_energy and num_blocks not in base.block_energy and num_blocks <= min(w0.shape):
             base.block_energy[num_blocks] = S.block_energy_shares(w0, num_blocks, self.seed)
         return base
@@ -346,7 +350,9 @@ class SpectralAnalyzer:
         delta = w1 - w0
         size = S.update_size(delta)
         svd1 = S.thin_svd(w1)
-        shift = S.spectrum_shift(base.spectrum, svd1.s)
+        shift = S.spectrum_shift(base.spectrum, S.singular_values(w1, torch.float64))
+        noisy = w0 + S.random_update_like(delta, self.seed)
+        null = S.spectrum_shift(base.spectrum, S.singular_values(noisy, torch.float64))
         eig = self._eigenvectors(name)
         alignment_after = S.region_overlap(svd1.v, eig) if eig is not None else None
         block = block_index(name)
@@ -369,6 +375,7 @@ class SpectralAnalyzer:
             alignment_before=base.alignment.tolist() if base.alignment is not None else None,
             alignment_after=alignment_after.tolist() if alignment_after is not None else None,
             block_energy=base.block_energy.get(num_blocks),
+            random_shift=null.regions,
         )
 
     def analyse_model(self, model: nn.Module, label: str = "adapter", path: str = "") -> AdapterAnalysis:

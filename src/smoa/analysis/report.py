@@ -50,6 +50,11 @@ DEFINITIONS = (
         "a positive tail value is the paper's right-tail shift",
     ),
     (
+        "random-ΔW tail shift",
+        "the tail shift of an i.i.d. Gaussian update with the same ‖ΔW‖_F: any perturbation lifts the smallest "
+        "singular values, so a method's tail shift means more the further it is above this null level",
+    ),
+    (
         "head alignment",
         "mean over the singular directions v_i of a region of Σ_j (v_iᵀ q_j)² over the top third of the eigenvectors "
         "q_j of the layer-input covariance C = XᵀX/N (calibration data, base model); 1/3 for no preference",
@@ -114,6 +119,7 @@ def layer_rows(analyses: Sequence[AdapterAnalysis]) -> list[dict[str, Any]]:
                 "d_out": x.d_out, "d_in": x.d_in, "rank": x.rank, "relative_rank": x.relative_rank,
                 "ceiling": x.ceiling, "frobenius": x.frobenius, "top_singular": x.top_singular,
                 **{f"shift_{r}": x.shift[r] for r in S.REGIONS},
+                **{f"random_shift_{r}": (x.random_shift or {}).get(r) for r in S.REGIONS},
                 "intruders": len(x.intruders),
             }  # fmt: skip
             for r_index, r in enumerate(S.REGIONS):
@@ -135,6 +141,7 @@ def summary_rows(analyses: Sequence[AdapterAnalysis]) -> list[dict[str, Any]]:
             "mean_relative_rank": s.get("mean_relative_rank"), "mean_ceiling": s.get("mean_ceiling"),
             "mean_frobenius_sq": s.get("mean_frobenius_sq"),
             **{f"shift_{r}": s.get("shift", {}).get(r) for r in S.REGIONS},
+            **{f"random_shift_{r}": s.get("random_shift", {}).get(r) for r in S.REGIONS},
             "intruders": s.get("intruders"), "layers_with_intruders": s.get("layers_with_intruders"),
         }  # fmt: skip
         for when in ("before", "after"):
@@ -184,13 +191,14 @@ def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list
     """Header and rows of the per-adapter summary shown at the top of the report."""
     header = [
         "adapter", "method", "layers", "mean rank", "mean rel. rank", "mean ceiling", "mean ‖ΔW‖²_F",
-        "shift head", "shift middle", "shift tail", "intruders (layers)", "head alignment Δ (head/mid/tail)",
+        "shift head", "shift middle", "shift tail", "tail shift, random ΔW", "intruders (layers)",
+        "head alignment Δ (head/mid/tail)",
     ]  # fmt: skip
     rows = []
     for a in analyses:
         s = a.summary()
         if "not_analysable" in s:
-            rows.append([a.label, a.method, "0", *(["–"] * 8), f"not analysable: {s['not_analysable']}"])
+            rows.append([a.label, a.method, "0", *(["–"] * 9), f"not analysable: {s['not_analysable']}"])
             continue
         before, after = s.get("head_alignment_before"), s.get("head_alignment_after")
         delta = "–"
@@ -199,7 +207,7 @@ def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list
         rows.append([
             a.label, a.method, str(s["layers"]), _fmt(s["mean_rank"], 1), _fmt(s["mean_relative_rank"], 1),
             _fmt(s["mean_ceiling"], 1), _fmt(s["mean_frobenius_sq"], 4), _pct(s["shift"]["head"]),
-            _pct(s["shift"]["middle"]), _pct(s["shift"]["tail"]),
+            _pct(s["shift"]["middle"]), _pct(s["shift"]["tail"]), _pct(s.get("random_shift", {}).get("tail")),
             f"{s['intruders']} ({s['layers_with_intruders']})", delta,
         ])  # fmt: skip
     return header, rows
@@ -311,16 +319,20 @@ def figure_region_shift(analyses: Sequence[AdapterAnalysis]):
     fig, axes = plt.subplots(1, 3, figsize=(3.0 * 3 + 1.0, 3.8), squeeze=False)
     titles = {"head": "head (largest third)", "middle": "middle third", "tail": "tail (smallest third)"}
     for ax, region in zip(axes[0], S.REGIONS, strict=True):
-        values = [100 * a.summary()["shift"][region] for a in items]
+        summaries = [a.summary() for a in items]
+        values = [100 * s["shift"][region] for s in summaries]
         bars = ax.bar(range(len(items)), values, color=colors)
         ax.bar_label(bars, [f"{v:+.3g}%" for v in values], fontsize=8, padding=2)
+        nulls = [100 * s["random_shift"][region] if "random_shift" in s else np.nan for s in summaries]
+        ax.plot(range(len(items)), nulls, "k_", ms=28, mew=2, label="random ΔW, same ‖ΔW‖_F")
         ax.set_xticks(range(len(items)), [a.label for a in items], rotation=20, ha="right", fontsize=8)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(titles[region])
         ax.margins(y=0.2)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("Σ s(W0+ΔW) / Σ s(W0) − 1  [%]")
-    fig.suptitle("Spectrum shift by region, mean over layers")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Spectrum shift by region, mean over layers (black: norm-matched random update)")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 

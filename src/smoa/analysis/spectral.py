@@ -13,7 +13,10 @@ singular values in descending order (spectral index ``j = 0..q-1``).
   values), ``middle`` and ``tail`` (smallest).
 * **Spectrum shift** per region ``R``: ``Σ_{j∈R} s_j / Σ_{j∈R} s0_j − 1``, the relative change of the singular-value
   mass of that region (0 for a zero update; the paper's "right-tail shift" is a positive ``tail`` value), next to the
-  per-index ratio ``s_j / s0_j``.
+  per-index ratio ``s_j / s0_j``. Any perturbation lifts the smallest singular values somewhat, so the same shift is
+  also computed for a **norm-matched random update** (i.i.d. Gaussian entries scaled to ``‖ΔW‖_F``): the null level
+  against which a method's tail shift is read. Spectra are computed in float64 (short fine-tuning moves singular
+  values by ~1e-6 relative, near float32's resolution); singular vectors in float32.
 * **Alignment** with the layer-input covariance ``C = XᵀX / N = Q diag(λ) Qᵀ`` (eigenvalues descending): the squared
   overlaps ``O[i, j] = (v_iᵀ q_j)²`` between right singular vectors and eigenvectors, summarised as the region matrix
   ``A[a, b] = mean_{i ∈ R_a} Σ_{j ∈ E_b} O[i, j]``: the share of a region-``a`` singular direction's unit energy that
@@ -143,6 +146,14 @@ def spectrum_shift(before: Tensor, after: Tensor) -> SpectrumShift:
         mass = float(s0[part].sum())
         regions[name] = float(s1[part].sum()) / mass - 1.0 if mass > 0 else float("nan")
     return SpectrumShift(s0, s1, ratio, regions)
+
+
+def random_update_like(delta: Tensor, seed: int = 0) -> Tensor:
+    """An i.i.d. Gaussian matrix of ``delta``'s shape and dtype with the same Frobenius norm (zero if ``delta`` is)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(delta.shape, generator=generator, dtype=torch.float64)
+    norm = float(torch.linalg.vector_norm(delta.detach().double()))
+    return (noise * (norm / float(torch.linalg.vector_norm(noise)))).to(delta.dtype)
 
 
 def covariance_eigenbasis(covariance: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:

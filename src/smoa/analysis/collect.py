@@ -214,6 +214,8 @@ class AdapterAnalysis:
         out["shift"] = {r: _nanmean(x.shift[r] for x in ls) for r in S.REGIONS}
         if all(x.random_shift for x in ls):
             out["random_shift"] = {r: _nanmean(x.random_shift[r] for x in ls) for r in S.REGIONS}
+            null_tail = out["random_shift"]["tail"]
+            out["tail_shift_vs_random"] = out["shift"]["tail"] / null_tail if null_tail else float("nan")
         out["intruders"] = sum(len(x.intruders) for x in ls)
         out["layers_with_intruders"] = sum(1 for x in ls if x.intruders)
         if ls[0].alignment_before is not None:

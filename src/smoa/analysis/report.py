@@ -187,18 +187,24 @@ def _pct(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:+.{digits}g}%"
 
 
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or reference is None or math.isnan(value) or math.isnan(reference) or reference == 0:
+        return "–"
+    return f"{value / reference:.2f}"
+
+
 def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-adapter summary shown at the top of the report."""
     header = [
         "adapter", "method", "layers", "mean rank", "mean rel. rank", "mean ceiling", "mean ‖ΔW‖²_F",
-        "shift head", "shift middle", "shift tail", "tail shift, random ΔW", "intruders (layers)",
+        "shift head", "shift middle", "shift tail", "tail shift, random ΔW", "tail ÷ random", "intruders (layers)",
         "head alignment Δ (head/mid/tail)",
     ]  # fmt: skip
     rows = []
     for a in analyses:
         s = a.summary()
         if "not_analysable" in s:
-            rows.append([a.label, a.method, "0", *(["–"] * 9), f"not analysable: {s['not_analysable']}"])
+            rows.append([a.label, a.method, "0", *(["–"] * 10), f"not analysable: {s['not_analysable']}"])
             continue
         before, after = s.get("head_alignment_before"), s.get("head_alignment_after")
         delta = "–"
@@ -208,6 +214,7 @@ def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list
             a.label, a.method, str(s["layers"]), _fmt(s["mean_rank"], 1), _fmt(s["mean_relative_rank"], 1),
             _fmt(s["mean_ceiling"], 1), _fmt(s["mean_frobenius_sq"], 4), _pct(s["shift"]["head"]),
             _pct(s["shift"]["middle"]), _pct(s["shift"]["tail"]), _pct(s.get("random_shift", {}).get("tail")),
+            _ratio(s["shift"]["tail"], s.get("random_shift", {}).get("tail")),
             f"{s['intruders']} ({s['layers_with_intruders']})", delta,
         ])  # fmt: skip
     return header, rows
@@ -331,9 +338,10 @@ def figure_region_shift(analyses: Sequence[AdapterAnalysis]):
         ax.margins(y=0.2)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("Σ s(W0+ΔW) / Σ s(W0) − 1  [%]")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Spectrum shift by region, mean over layers (black: norm-matched random update)")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
+    fig.suptitle("Spectrum shift by region, mean over layers")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return fig
 
 

@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from smoa.analysis.calibration import ByteTokenizer, CalibrationError, calibration_prompts, tokenize_prompts
     from smoa.analysis.collect import analyse_adapters
-    from smoa.analysis.report import headline_table, write_report
+    from smoa.analysis.report import choose_spectrum_layers, headline_table, write_report
     from smoa.cli.methods import render_table
 
     batches = None
@@ -221,10 +221,14 @@ def _run(args: argparse.Namespace) -> int:
         "torch threads": torch.get_num_threads(),
         "written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    try:
-        written = write_report(analyses, args.output, ceilings, args.spectrum_layer or None, meta)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    spectrum_layers = args.spectrum_layer or None
+    if spectrum_layers:
+        try:
+            spectrum_layers = choose_spectrum_layers(analyses, spectrum_layers)
+        except ValueError as error:  # the analysis is done: keep it, with the default layers
+            print(f"warning: --spectrum-layer: {error}; showing the default layers instead", file=sys.stderr)
+            spectrum_layers = None
+    written = write_report(analyses, args.output, ceilings, spectrum_layers, meta)
     header, rows = headline_table(analyses)
     print(render_table(rows, header))
     print(f"analysis took {elapsed:.1f} s; report: {written['report.html']}")

@@ -54,9 +54,7 @@ def adapted_layers(model: nn.Module) -> dict[str, BaseTunerLayer]:
     for name, module in model.named_modules():
         if not isinstance(module, BaseTunerLayer):
             continue
-        base = module.get_base_layer()
-        weight = getattr(base, "weight", None)
-        if isinstance(weight, Tensor) and weight.ndim == 2:
+        if isinstance(module.get_base_layer(), (nn.Linear, Conv1D)):
             layers[module_path(name)] = module
     return layers
 

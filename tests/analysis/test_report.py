@@ -1,0 +1,125 @@
+"""The report folder and the ``smoa analyze`` command, end to end on a tiny Llama with an SMoA and a LoRA adapter."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from peft import LoraConfig
+
+from smoa import SMoAConfig
+from smoa.analysis import report as R
+from smoa.analysis.calibration import CalibrationError, calibration_prompts, read_prompts
+from smoa.baselines import SSMLoRAConfig
+from smoa.cli.main import main
+
+from .conftest import TARGETS, adapted, tiny_llama
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("rank_per_layer.png", "spectrum_shift.png", "region_shift.png", "alignment.png", "block_energy.png")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    base = tiny_llama()
+    base.save_pretrained(root / "base")
+    adapted(base, SMoAConfig(r=8, num_blocks=2, target_modules=TARGETS, init_lora_weights=False)).save_pretrained(
+        root / "smoa"
+    )
+    adapted(base, LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False)).save_pretrained(root / "lora")
+    adapted(base, SSMLoRAConfig(r=4, target_modules=["q_proj"])).save_pretrained(root / "ssmlora")
+    (root / "prompts.txt").write_text("the cat sat on the mat\n\nspectra of adapted layers\nanother line of text\n")
+    return root
+
+
+def test_report_renders_with_its_figures(saved, capsys) -> None:
+    out = saved / "report"
+    code = main([
+        "analyze", "--model", str(saved / "base"), "--adapter", str(saved / "smoa"), "--adapter", str(saved / "lora"),
+        "--adapter", str(saved / "ssmlora"), "--calibration", str(saved / "prompts.txt"), "--output", str(out),
+        "--method", "smoa:r=8", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "smoa" in printed and "lora" in printed and "not analysable" in printed
+    page = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for name in FIGURES:
+        png = (out / "figures" / name).read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000
+        assert f'href="figures/{name}"' in page and f"(figures/{name})" in markdown
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    results = json.loads((out / "results.json").read_text())
+    assert [a["method"] for a in results["adapters"]] == ["smoa", "lora", "ssmlora"]
+    assert results["adapters"][1]["summary"]["mean_rank"] == 4
+    assert "cannot be merged" in results["adapters"][2]["not_analysable"]
+    with open(out / "layers.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 20
+    with open(out / "summary.csv") as handle:
+        assert [row["adapter"] for row in csv.DictReader(handle)] == ["smoa", "lora", "ssmlora"]
+    assert (out / "ceilings.csv").is_file()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_chosen_spectrum_layers_and_unknown_layer(saved, capsys) -> None:
+    code = main([
+        "analyze", "--model", str(saved / "base"), "--adapter", str(saved / "lora"), "--output",
+        str(saved / "r2"), "--spectrum-layer", "layers.1.mlp", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0 and not (saved / "r2" / "figures" / "alignment.png").exists()  # no calibration
+    code = main([
+        "analyze", "--model", str(saved / "base"), "--adapter", str(saved / "lora"), "--output",
+        str(saved / "r3"), "--spectrum-layer", "no_such_layer", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0 and (saved / "r3" / "figures" / "spectrum_shift.png").is_file()
+    assert "no analysed layer name contains any of ['no_such_layer']" in capsys.readouterr().err
+
+
+def test_ceiling_only_needs_no_weights(tmp_path, capsys) -> None:
+    code = main(["analyze", "--model", "smollm2-135m", "--ceiling-only", "--method", "smoa", "--method", "lora:r=16",
+                 "--output", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "ceilings.csv")))
+    smoa_up = next(r for r in rows if r["method"] == "smoa" and r["layer"] == "up_proj")
+    lora_up = next(r for r in rows if r["method"] == "lora" and r["layer"] == "up_proj")
+    assert (smoa_up["shape"], smoa_up["rank_ceiling"], lora_up["rank_ceiling"]) == ("1536×576", "576", "16")
+    assert "576" in printed and (tmp_path / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "smollm2-135m", "--adapter", "{smoa}", "--output", "{out}"], "named config without weights"),
+        (["--model", "{base}", "--adapter", "{base}", "--output", "{out}"], "no adapter_config.json"),
+        (["--model", "{base}", "--output", "{out}"], "at least one --adapter"),
+        (["--model", "{base}", "--adapter", "{smoa}", "--output", "{out}", "--calibration", "missing.txt"], "missing"),
+        (["--model", "smollm2-135m", "--ceiling-only", "--method", "nope"], "unknown method"),
+    ],
+)
+def test_user_errors_are_one_clear_line(saved, capsys, argv, message) -> None:
+    values = {"smoa": saved / "smoa", "base": saved / "base", "out": saved / "err"}
+    code = main(["analyze", *[a.format(**values) for a in argv]])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_calibration_files(tmp_path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n\n{"instruction": "two", "input": "x"}\n')
+    assert read_prompts(tmp_path / "a.jsonl") == ["one", "two\nx"]
+    (tmp_path / "b.json").write_text('[{"text": "one"}, {"text": "two"}, {"text": "three"}]')
+    assert read_prompts(tmp_path / "b.json", limit=2) == ["one", "two"]
+    (tmp_path / "c.jsonl").write_text('{"text": "one"}\n{"question": "no text field"}\n')
+    with pytest.raises(CalibrationError, match=r"c.jsonl line 2: no 'text' or 'instruction'"):
+        read_prompts(tmp_path / "c.jsonl")
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibration_prompts(tmp_path / "missing.jsonl")
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path) -> None:
+    target = tmp_path / "sub" / "x.txt"
+    R.atomic_write(target, "first")
+    R.atomic_write(target, b"second")
+    assert target.read_text() == "second" and [p.name for p in target.parent.iterdir()] == ["x.txt"]

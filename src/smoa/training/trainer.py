@@ -364,23 +364,18 @@ def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def mean_update_rank(model, threshold: float = 0.005) -> float | None:
-    """Mean numerical rank of ``ΔW = W_merged − W0`` over the adapted layers (singular values > ``threshold``, as
-    HiRA counts); ``None`` for methods that cannot be merged."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def mean_update_rank(model) -> float | None:
+    """Mean numerical rank of ``ΔW = W_merged − W0`` over the adapted layers (singular values > 0.005, as HiRA
+    counts); ``None`` for methods that cannot be merged."""
+    from smoa.analysis.collect import NotAnalysableError, adapted_layers, merged_update
+    from smoa.analysis.spectral import update_size
 
     ranks = []
     with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, BaseTunerLayer) or not hasattr(module.get_base_layer(), "weight"):
-                continue
-            weight = module.get_base_layer().weight
-            before = weight.detach().float().clone()
+        for layer in adapted_layers(model).values():
             try:
-                module.merge()
-            except Exception:  # a method that cannot merge has no ΔW to rank
+                before, after = merged_update(layer, layer.active_adapters[0])
+            except NotAnalysableError:
                 return None
-            delta = weight.detach().float() - before
-            module.unmerge()
-            ranks.append(int((torch.linalg.svdvals(delta) > threshold).sum()))
+            ranks.append(update_size(after - before).rank)
     return sum(ranks) / len(ranks) if ranks else None

@@ -49,19 +49,13 @@ class _BlockwiseDelta(torch.autograd.Function):
         rows_k = block_indices(row_order, num_blocks)
         cols_k = block_indices(col_order, num_blocks)
         for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
-            anchor = block_anchor(weight, rows, cols).to(a_k.dtype)
-            g_k = g2.index_select(1, rows)
             if need_x:
-                delta = (b_k @ a_k).mul_(anchor).mul_(scaling)
-                grad_x.index_copy_(1, cols, g_k @ delta)
+                delta = (b_k @ a_k).mul_(block_anchor(weight, rows, cols)).mul_(scaling)
+                grad_x.index_copy_(1, cols, g2.index_select(1, rows) @ delta)
             need_a, need_b = ctx.needs_input_grad[6 + k], ctx.needs_input_grad[6 + num_blocks + k]
-            if need_a or need_b:
-                grad_t = (g_k.T @ x2.index_select(1, cols)).mul_(anchor).mul_(scaling)
-                grad_a.append(b_k.T @ grad_t if need_a else None)
-                grad_b.append(grad_t @ a_k.T if need_b else None)
-            else:
-                grad_a.append(None)
-                grad_b.append(None)
+            g_a, g_b = block_factor_grads(g2, x2, weight, rows, cols, a_k, b_k, scaling, need_a, need_b)
+            grad_a.append(g_a)
+            grad_b.append(g_b)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape)
         return (grad_x, None, None, None, None, None, *grad_a, *grad_b)
@@ -110,7 +104,6 @@ class _FusedLinear(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        common = torch.promote_types(g2.dtype, x2.dtype)
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
         rows_k = block_indices(row_order, num_blocks)
@@ -118,21 +111,7 @@ class _FusedLinear(torch.autograd.Function):
         # factor gradients first: their block temporaries are freed before the (d_out, d_in) matrix is built
         for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
             need_a, need_b = ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k]
-            if not (need_a or need_b):
-                grad_a.append(None)
-                grad_b.append(None)
-                continue
-            x_k = x2.index_select(1, cols).to(common)
-            g_a = torch.zeros_like(a_k) if need_a else None
-            g_b = torch.empty_like(b_k) if need_b else None
-            for start, stop in row_chunks(len(rows)):
-                chunk = rows[start:stop]
-                grad_t = (g2.index_select(1, chunk).to(common).T @ x_k).to(a_k.dtype)
-                grad_t.mul_(block_anchor(weight, chunk, cols)).mul_(scaling)
-                if need_a:
-                    g_a.addmm_(b_k[start:stop].T, grad_t)
-                if need_b:
-                    torch.mm(grad_t, a_k.T, out=g_b[start:stop])
+            g_a, g_b = block_factor_grads(g2, x2, weight, rows, cols, a_k, b_k, scaling, need_a, need_b)
             grad_a.append(g_a)
             grad_b.append(g_b)
         grad_x = None
@@ -140,6 +119,37 @@ class _FusedLinear(torch.autograd.Function):
             effective = _effective_weight(weight, row_order, col_order, a, b, scaling, g2.dtype)
             grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
         return (grad_x, None, grad_bias, None, None, None, None, *grad_a, *grad_b)
+
+
+def block_factor_grads(
+    g2: Tensor,
+    x2: Tensor,
+    weight: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    a_k: Tensor,
+    b_k: Tensor,
+    scaling: float,
+    need_a: bool,
+    need_b: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(∂L/∂A_k, ∂L/∂B_k)`` from ``g2 (N, d_out)`` and ``x2 (N, d_in)``: ``∂L/∂T_k = s·(g_kᵀ x_k) ⊙ M_k``, computed
+    in row chunks of the block so that block-sized temporaries stay at a fraction of a block."""
+    if not (need_a or need_b):
+        return None, None
+    common = torch.promote_types(g2.dtype, x2.dtype)
+    x_k = x2.index_select(1, cols).to(common)
+    grad_a = torch.zeros_like(a_k) if need_a else None
+    grad_b = torch.empty_like(b_k) if need_b else None
+    for start, stop in row_chunks(len(rows)):
+        chunk = rows[start:stop]
+        grad_t = (g2.index_select(1, chunk).to(common).T @ x_k).to(a_k.dtype)
+        grad_t.mul_(block_anchor(weight, chunk, cols)).mul_(scaling)
+        if need_a:
+            grad_a.addmm_(b_k[start:stop].T, grad_t)
+        if need_b:
+            torch.mm(grad_t, a_k.T, out=grad_b[start:stop])
+    return grad_a, grad_b
 
 
 def row_chunks(n_rows: int, parts: int = 4) -> list[tuple[int, int]]:

@@ -71,6 +71,9 @@ class SMoALayer(BaseTunerLayer):
         # kept out of other_param_names: PEFT casts float buffers listed there to the base dtype
         self.smoa_fingerprint = BufferDict({}, persistent=True)
         self._base_fingerprint: Tensor | None = None
+        # adapters whose order buffers are known to hold real orders; avoids reading a buffer (a device sync) on
+        # every forward to see whether a checkpoint or the SVD filled it
+        self._orders_ready: set[str] = set()
         self._original_weight: Tensor | None = None
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -134,6 +137,7 @@ class SMoALayer(BaseTunerLayer):
 
         weight = self.get_base_layer().weight
         on_meta = weight.device.type == "meta"
+        self._orders_ready.discard(adapter_name)
         self.smoa_row_order[adapter_name] = torch.full((self.out_features,), _UNSET, dtype=torch.long)
         self.smoa_col_order[adapter_name] = torch.full((self.in_features,), _UNSET, dtype=torch.long)
         self.smoa_fingerprint[adapter_name] = torch.full((9,), math.nan, dtype=torch.float64)
@@ -164,11 +168,16 @@ class SMoALayer(BaseTunerLayer):
         device = self.smoa_row_order[adapter_name].device
         self.smoa_row_order[adapter_name] = row_order.to(device)
         self.smoa_col_order[adapter_name] = col_order.to(device)
+        self._orders_ready.add(adapter_name)
 
     def orders(self, adapter_name: str) -> tuple[Tensor, Tensor]:
         """``(row_order, col_order)`` of an adapter, computing them by SVD if a checkpoint did not provide them."""
         row_order, col_order = self.smoa_row_order[adapter_name], self.smoa_col_order[adapter_name]
-        if bool(row_order[0] == _UNSET):
+        if adapter_name in self._orders_ready:
+            return row_order, col_order
+        if bool(row_order[0] != _UNSET):  # filled by a checkpoint
+            self._orders_ready.add(adapter_name)
+        else:
             weight = self.get_base_layer().weight
             with gather_params_ctx(weight):
                 original = self.original_weight()
@@ -179,6 +188,7 @@ class SMoALayer(BaseTunerLayer):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
+        self._orders_ready.discard(adapter_name)
         if adapter_name in self.smoa_fingerprint:
             del self.smoa_fingerprint[adapter_name]
 

@@ -64,3 +64,15 @@ def test_fingerprint_ignores_logging_but_not_training():
     base = Recipe()
     assert Recipe(logging_steps=3, progress=False).fingerprint() == base.fingerprint()
     assert Recipe(learning_rate=1e-4).fingerprint() != base.fingerprint()
+
+
+def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):
+    from smoa.cli.main import main
+
+    assert main(["train", "--method", "nosuch", "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "smoa" in err and "lora" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--set", "learning_rat=1"]) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    assert main(["compare", "--methods", "smoa,nosuch"]) == 2

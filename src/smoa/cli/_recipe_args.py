@@ -46,3 +46,21 @@ def recipe_from_args(args: argparse.Namespace):
 def print_recipe_help() -> int:
     print("Recipe keys (YAML file or --set KEY=VALUE):\n" + recipe_help())
     return 0
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
+    from smoa.methods import BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
+    from smoa.training.checkpoints import CheckpointError
+    from smoa.training.recipe import RecipeError
+    from smoa.training.trainer import RunDirError
+
+    return (
+        RecipeError,
+        RunDirError,
+        CheckpointError,
+        UnknownMethodError,
+        BudgetUnreachableError,
+        UnsupportedTargetError,
+        FileNotFoundError,
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args
+from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args, user_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except user_errors() as error:
+        print(f"smoa compare: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.help_recipe:
         return print_recipe_help()
     from smoa.methods import get_method

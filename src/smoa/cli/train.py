@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args
+from ._recipe_args import add_recipe_arguments, print_recipe_help, recipe_from_args, user_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except user_errors() as error:
+        print(f"smoa train: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.help_recipe:
         return print_recipe_help()
     from smoa.training import run_training

@@ -272,8 +272,10 @@ def run_training(
         resume_from: a specific checkpoint folder to continue from (verified first).
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
+    from smoa.methods import get_method
     from smoa.tasks.prompts import collate_for_training
 
+    get_method(recipe.method)  # an unknown name fails here, listing the known ones, before anything is loaded
     run_dir = prepare_run_dir(recipe, resume or resume_from is not None, overwrite)
     checkpoint = None
     if resume_from is not None:

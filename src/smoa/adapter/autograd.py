@@ -1,14 +1,27 @@
-"""A memory-lean exact autograd path for the SMoA branch output ``x ΔWᵀ``.
+"""Exact custom autograd kernels for an SMoA layer; neither keeps anything of size ``d_out·d_in/K`` for backward.
 
-Plain autograd through :func:`smoa.adapter.functional.delta_output` saves every gathered anchor ``M_k`` and every
-block ``ΔM_k`` for backward: ``2·d_out·d_in/K`` numbers per layer. This function saves only the branch input ``x``,
-the factors and the index vectors, and gathers the anchors again from the frozen weight in backward.
+Notation as in :mod:`smoa.adapter.functional`: ``T_k = B_k A_k``, ``ΔM_k = s·T_k ⊙ M_k`` with the anchor
+``M_k = W0[R_k][:, C_k]``, ``x_k = x[..., C_k]``, ``g_k = g[..., R_k]`` for the upstream gradient ``g = ∂L/∂y``.
 
-Gradients (``g = ∂L/∂y``, ``T_k = B_k A_k``, ``ΔM_k = s·T_k ⊙ M_k``, ``x_k = x[..., C_k]``, ``g_k = g[..., R_k]``)::
+Gradients::
 
-    ∂L/∂x[..., C_k] = g_k ΔM_k
-    ∂L/∂T_k          = s · (g_kᵀ x_k) ⊙ M_k
-    ∂L/∂B_k          = ∂L/∂T_k A_kᵀ,    ∂L/∂A_k = B_kᵀ ∂L/∂T_k
+    ∂L/∂x[..., C_k] = g_k ΔM_k                       (plus g W0 for the base layer)
+    G_k              = s · (g_kᵀ x_k) ⊙ M_k           (= ∂L/∂T_k)
+    ∂L/∂B_k          = G_k A_kᵀ,     ∂L/∂A_k = B_kᵀ G_k
+
+Two kernels, chosen per call by :class:`smoa.adapter.layer.Linear`:
+
+* :func:`fused_linear` — the whole layer as one matmul with ``W0 + ΔW``, built as ``W0 + W0 ⊙ (B̃ Ã)`` from the
+  scattered factors (:func:`smoa.adapter.functional.scattered_factors`: one rank-``r`` product and one elementwise
+  pass, no gather from ``W0``). Cost for ``N`` tokens against the frozen layer's ``2·N·d_out·d_in`` multiply-adds:
+  ``+N·d_out·d_in/K`` for the diagonal blocks of ``gᵀx`` (factor gradients), ``+2·r·d_out·d_in`` to build
+  ``W0 + ΔW`` twice (it is rebuilt in backward rather than kept), and gathers of ``x``, ``g`` (``N·(d_in + d_out)``)
+  and of the anchors (``d_out·d_in/K``). Floor: ``1 + 1/(2K)`` times the frozen layer.
+* :func:`blockwise_delta_output` — only the branch ``x ΔWᵀ`` (the caller adds the base output), block by block; used
+  with dropout (the branch sees another input than the base), several active adapters, half-precision compute
+  (where rounding ``W0 + ΔW`` to 8 significant bits would swallow small updates) and few tokens.
+
+Large temporaries come from :mod:`smoa.adapter.scratch` (page-fault free on CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +29,84 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import block_anchor, block_indices
+from .functional import block_anchor, block_indices, scattered_factors
+from .scratch import Scratch
+
+#: rows of ``W0`` staged at a time while gathering an anchor
+_ANCHOR_ROWS = 256
+
+
+def build_effective_weight(
+    out: Tensor, weight: Tensor, row_order: Tensor, col_order: Tensor, a: list[Tensor], b: list[Tensor], scaling: float
+) -> Tensor:
+    """``out ← W0 + W0 ⊙ (B̃ Ã) = W0 + ΔW`` in ``out``'s dtype; ``out (d_out, d_in)``, ``weight`` the original ``W0``."""
+    b_full, a_full = scattered_factors(row_order, col_order, a, b, scaling, out.dtype)
+    torch.mm(b_full, a_full, out=out)
+    w = weight if weight.dtype == out.dtype else weight.to(out.dtype)
+    return torch.addcmul(w, w, out, out=out)
+
+
+def gather_columns(src: Tensor, index: Tensor, out: Tensor) -> Tensor:
+    """``out ← src[:, index]`` for a 2-D ``src`` (``torch.gather`` with an expanded index; faster than index_select)."""
+    return torch.gather(src, 1, index.expand(src.shape[0], -1), out=out)
+
+
+def gather_anchor(weight: Tensor, rows: Tensor, cols: Tensor, out: Tensor, staging: Tensor | None) -> Tensor:
+    """``out ← W0[rows][:, cols]`` (``(|rows|, |cols|)``), staging ``staging.shape[0]`` rows of ``W0`` at a time."""
+    if staging is None or weight.dtype != out.dtype:
+        return out.copy_(block_anchor(weight, rows, cols))
+    step = staging.shape[0]
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start : start + step]
+        staged = torch.index_select(weight, 0, chunk, out=staging[: chunk.shape[0]])
+        gather_columns(staged, cols, out[start : start + chunk.shape[0]])
+    return out
+
+
+def _block_shapes(n: int, rows: int, cols: int, d_in: int, need_delta: bool) -> list[tuple[int, ...]]:
+    """Scratch for one block: x_k, g_k, anchor, G_k (and ΔM_k), staged rows of W0."""
+    shapes = [(n, cols), (n, rows), (rows, cols), (rows, cols), (min(rows, _ANCHOR_ROWS), d_in)]
+    return [*shapes, (rows, cols)] if need_delta else shapes
+
+
+def _block_backward(
+    g2: Tensor,
+    x2: Tensor,
+    weight: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    a_k: Tensor,
+    b_k: Tensor,
+    scaling: float,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(g_k ΔM_k, ∂L/∂A_k, ∂L/∂B_k)`` of one block (each ``None`` unless asked for by ``needs``).
+
+    ``g2 (N, d_out)`` and ``x2 (N, d_in)`` share one compute dtype; the factor gradients are returned in the factors'.
+    """
+    need_x, need_a, need_b = needs
+    if not (need_x or need_a or need_b):
+        return None, None, None
+    n, dtype = x2.shape[0], x2.dtype
+    scratch = Scratch(_block_shapes(n, rows.shape[0], cols.shape[0], x2.shape[1], need_x), dtype, x2.device)
+    x_k = gather_columns(x2, cols, scratch.take(n, cols.shape[0]))
+    g_k = gather_columns(g2, rows, scratch.take(n, rows.shape[0]))
+    anchor = scratch.take(rows.shape[0], cols.shape[0])
+    grad_t = scratch.take(rows.shape[0], cols.shape[0])
+    gather_anchor(weight, rows, cols, anchor, scratch.take(min(rows.shape[0], _ANCHOR_ROWS), x2.shape[1]))
+    a_c, b_c = a_k.to(dtype), b_k.to(dtype)
+    grad_x_k = None
+    if need_x:
+        delta = torch.mm(b_c, a_c, out=scratch.take(rows.shape[0], cols.shape[0])).mul_(anchor).mul_(scaling)
+        grad_x_k = g_k @ delta
+    grad_a = grad_b = None
+    if need_a or need_b:
+        torch.mm(g_k.T, x_k, out=grad_t).mul_(anchor)  # G_k / s
+        if need_a:
+            grad_a = torch.mm(b_c.T, grad_t).mul_(scaling).to(a_k.dtype)
+        if need_b:
+            grad_b = torch.mm(grad_t, a_c.T).mul_(scaling).to(b_k.dtype)
+    return grad_x_k, grad_a, grad_b
 
 
 class _BlockwiseDelta(torch.autograd.Function):
@@ -24,12 +114,19 @@ class _BlockwiseDelta(torch.autograd.Function):
     def forward(ctx, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
         a, b = factors[:num_blocks], factors[num_blocks:]
         x2 = x.reshape(-1, x.shape[-1])
-        rows_k = block_indices(row_order, num_blocks)
-        cols_k = block_indices(col_order, num_blocks)
-        out = x2.new_empty((x2.shape[0], weight.shape[0]))
-        for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
-            delta = (b_k @ a_k).mul_(block_anchor(weight, rows, cols)).mul_(scaling)
-            out.index_copy_(1, rows, x2.index_select(1, cols) @ delta.T)
+        n, d_in = x2.shape
+        out = x2.new_empty((n, weight.shape[0]))
+        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
+        for rows, cols, a_k, b_k in blocks:
+            shape = (rows.shape[0], cols.shape[0])
+            staging = (min(shape[0], _ANCHOR_ROWS), d_in)
+            scratch = Scratch([(n, shape[1]), shape, staging, shape, (n, shape[0])], x2.dtype, x.device)
+            x_k = gather_columns(x2, cols, scratch.take(n, shape[1]))
+            anchor = gather_anchor(weight, rows, cols, scratch.take(*shape), scratch.take(*staging))
+            delta = torch.mm(b_k.to(x2.dtype), a_k.to(x2.dtype), out=scratch.take(*shape))
+            delta.mul_(anchor).mul_(scaling)
+            y_k = torch.mm(x_k, delta.T, out=scratch.take(n, shape[0]))
+            out.scatter_(1, rows.expand(n, -1), y_k)
         ctx.save_for_backward(x, weight, row_order, col_order, *factors)
         ctx.scaling = scaling
         ctx.num_blocks = num_blocks
@@ -46,14 +143,12 @@ class _BlockwiseDelta(torch.autograd.Function):
         grad_x = x2.new_empty(x2.shape) if need_x else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
-        rows_k = block_indices(row_order, num_blocks)
-        cols_k = block_indices(col_order, num_blocks)
-        for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
-            if need_x:
-                delta = (b_k @ a_k).mul_(block_anchor(weight, rows, cols)).mul_(scaling)
-                grad_x.index_copy_(1, cols, g2.index_select(1, rows) @ delta)
-            need_a, need_b = ctx.needs_input_grad[6 + k], ctx.needs_input_grad[6 + num_blocks + k]
-            g_a, g_b = block_factor_grads(g2, x2, weight, rows, cols, a_k, b_k, scaling, need_a, need_b)
+        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
+        for k, (rows, cols, a_k, b_k) in enumerate(blocks):
+            needs = (need_x, ctx.needs_input_grad[6 + k], ctx.needs_input_grad[6 + num_blocks + k])
+            grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
+            if grad_x is not None:
+                grad_x.scatter_(1, cols.expand(x2.shape[0], -1), grad_x_k)
             grad_a.append(g_a)
             grad_b.append(g_b)
         if grad_x is not None:
@@ -72,7 +167,8 @@ def blockwise_delta_output(
 ) -> Tensor:
     """``x ΔWᵀ`` with the lean backward above; same contract as :func:`smoa.adapter.functional.delta_output`.
 
-    ``weight`` must be frozen (no gradient flows to it); the anchors are cast to the dtype of ``a`` block by block.
+    ``x (..., d_in)`` in the factors' dtype; ``weight (d_out, d_in)`` must be frozen (no gradient flows to it).
+    Cost: ``N·d_out·d_in/K`` forward, twice that backward (input and factor gradients).
     """
     if weight.requires_grad:
         raise ValueError("blockwise_delta_output needs a frozen base weight; use functional.delta_output instead")
@@ -80,17 +176,13 @@ def blockwise_delta_output(
 
 
 class _FusedLinear(torch.autograd.Function):
-    """``y = x (W0 + ΔW)ᵀ + bias`` in one matmul, with parameter gradients from the diagonal blocks only.
-
-    Cost (N tokens, square d, K blocks), against the frozen base layer's ``2·N·d²``: forward ``N·d²``, input
-    gradient ``N·d²``, factor gradients ``N·d²/K``, plus ``O(d²)`` to build ``W0 + ΔW`` — twice, since the
-    ``(d_out, d_in)`` matrix is rebuilt in backward instead of being saved.
-    """
+    """``y = x (W0 + ΔW)ᵀ + bias`` in one matmul, with factor gradients from the diagonal blocks of ``gᵀx`` only."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
-        a, b = factors[:num_blocks], factors[num_blocks:]
-        effective = _effective_weight(weight, row_order, col_order, a, b, scaling, x.dtype)
+        a, b = list(factors[:num_blocks]), list(factors[num_blocks:])
+        scratch = Scratch([tuple(weight.shape)], x.dtype, x.device)
+        effective = build_effective_weight(scratch.take(*weight.shape), weight, row_order, col_order, a, b, scaling)
         out = torch.nn.functional.linear(x, effective, None if bias is None else bias.to(x.dtype))
         ctx.save_for_backward(x, weight, row_order, col_order, *factors)
         ctx.scaling, ctx.num_blocks, ctx.has_bias = scaling, num_blocks, bias is not None
@@ -101,75 +193,26 @@ class _FusedLinear(torch.autograd.Function):
         x, weight, row_order, col_order, *factors = ctx.saved_tensors
         num_blocks, scaling = ctx.num_blocks, ctx.scaling
         a, b = factors[:num_blocks], factors[num_blocks:]
-        x2 = x.reshape(-1, x.shape[-1])
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        common = torch.promote_types(grad_out.dtype, x.dtype)
+        x2 = x.reshape(-1, x.shape[-1]).to(common)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(common)
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
-        rows_k = block_indices(row_order, num_blocks)
-        cols_k = block_indices(col_order, num_blocks)
-        # factor gradients first: their block temporaries are freed before the (d_out, d_in) matrix is built
-        for k, (rows, cols, a_k, b_k) in enumerate(zip(rows_k, cols_k, a, b, strict=True)):
-            need_a, need_b = ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k]
-            g_a, g_b = block_factor_grads(g2, x2, weight, rows, cols, a_k, b_k, scaling, need_a, need_b)
+        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
+        for k, (rows, cols, a_k, b_k) in enumerate(blocks):
+            needs = (False, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
+            _, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
             grad_a.append(g_a)
             grad_b.append(g_b)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            effective = _effective_weight(weight, row_order, col_order, a, b, scaling, g2.dtype)
+            scratch = Scratch([tuple(weight.shape)], common, x.device)
+            effective = build_effective_weight(
+                scratch.take(*weight.shape), weight, row_order, col_order, list(a), list(b), scaling
+            )
             grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
         return (grad_x, None, grad_bias, None, None, None, None, *grad_a, *grad_b)
-
-
-def block_factor_grads(
-    g2: Tensor,
-    x2: Tensor,
-    weight: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    a_k: Tensor,
-    b_k: Tensor,
-    scaling: float,
-    need_a: bool,
-    need_b: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """``(∂L/∂A_k, ∂L/∂B_k)`` from ``g2 (N, d_out)`` and ``x2 (N, d_in)``: ``∂L/∂T_k = s·(g_kᵀ x_k) ⊙ M_k``, computed
-    in row chunks of the block so that block-sized temporaries stay at a fraction of a block."""
-    if not (need_a or need_b):
-        return None, None
-    common = torch.promote_types(g2.dtype, x2.dtype)
-    x_k = x2.index_select(1, cols).to(common)
-    grad_a = torch.zeros_like(a_k) if need_a else None
-    grad_b = torch.empty_like(b_k) if need_b else None
-    for start, stop in row_chunks(len(rows)):
-        chunk = rows[start:stop]
-        grad_t = (g2.index_select(1, chunk).to(common).T @ x_k).to(a_k.dtype)
-        grad_t.mul_(block_anchor(weight, chunk, cols)).mul_(scaling)
-        if need_a:
-            grad_a.addmm_(b_k[start:stop].T, grad_t)
-        if need_b:
-            torch.mm(grad_t, a_k.T, out=grad_b[start:stop])
-    return grad_a, grad_b
-
-
-def row_chunks(n_rows: int, parts: int = 4) -> list[tuple[int, int]]:
-    """Split a block's rows into ``parts`` slices so block-sized temporaries stay at 1/parts of a block."""
-    step = max(1, -(-n_rows // parts))
-    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
-
-
-def _effective_weight(weight, row_order, col_order, a, b, scaling, dtype) -> Tensor:
-    """``W0 + ΔW`` as a new ``(d_out, d_in)`` tensor in ``dtype``; ``weight`` is the original ``W0``."""
-    num_blocks = len(a)
-    effective = weight.to(dtype=dtype, copy=True)
-    rows_k, cols_k = block_indices(row_order, num_blocks), block_indices(col_order, num_blocks)
-    for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
-        for start, stop in row_chunks(len(rows)):
-            chunk = rows[start:stop]
-            anchor = block_anchor(weight, chunk, cols)
-            block = (b_k[start:stop] @ a_k).mul_(anchor).mul_(scaling).add_(anchor)  # M_k + ΔM_k
-            effective.index_put_((chunk.unsqueeze(1), cols.unsqueeze(0)), block.to(dtype))
-    return effective
 
 
 def fused_linear(
@@ -184,8 +227,8 @@ def fused_linear(
 ) -> Tensor:
     """``x (W0 + ΔW)ᵀ + bias`` for the whole layer (base output and adapter together), exact gradients.
 
-    ``x (..., d_in)`` in the compute dtype (that of ``weight`` unless autocast or the caller chose otherwise);
-    ``weight (d_out, d_in)`` is the frozen original ``W0``. No ``(d_out, d_in)`` tensor is kept for backward.
+    ``x (..., d_in)`` in the compute dtype; ``weight (d_out, d_in)`` is the frozen original ``W0``. Meant for float32
+    or float64 compute: ``W0 + ΔW`` is formed in ``x``'s dtype. No ``(d_out, d_in)`` tensor is kept for backward.
     """
     if weight.requires_grad:
         raise ValueError("fused_linear needs a frozen base weight; use functional.delta_output instead")

@@ -110,6 +110,42 @@ def delta_weight(
     return out
 
 
+def scattered_factors(
+    row_order: Tensor,
+    col_order: Tensor,
+    a: Sequence[Tensor],
+    b: Sequence[Tensor],
+    scaling: float,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The branches placed at their blocks' coordinates: ``(B̃ (d_out, r), Ã (r, d_in))`` with ``r = Σ_k r_k``.
+
+    ``B̃[R_k, ρ_k] = scaling·B_k`` and ``Ã[ρ_k, C_k] = A_k`` for the rank slots ``ρ_k`` of branch ``k``, zero elsewhere.
+    Row ``i ∈ R_k`` of ``B̃`` and column ``j ∈ C_l`` of ``Ã`` share rank slots only when ``k = l``, so ``B̃ Ã`` equals
+    ``scaling·B_k A_k`` on every block ``(R_k, C_k)`` and zero off the blocks, and
+
+        ``ΔW = W0 ⊙ (B̃ Ã)``
+
+    (SMoA is a Hadamard adapter whose low-rank factor is block-diagonal in the spectral order). Building ``ΔW`` this
+    way needs one rank-``r`` product and one elementwise pass, with no gather from ``W0``.
+    """
+    dtype = dtype or a[0].dtype
+    d_out, d_in = row_order.shape[0], col_order.shape[0]
+    r = sum(a_k.shape[0] for a_k in a)
+    device = a[0].device
+    b_full = torch.zeros((d_out, r), dtype=dtype, device=device)
+    a_full = torch.zeros((r, d_in), dtype=dtype, device=device)
+    rows_k = block_indices(row_order.to(device), len(a))
+    cols_k = block_indices(col_order.to(device), len(a))
+    start = 0
+    for rows, cols, a_k, b_k in zip(rows_k, cols_k, a, b, strict=True):
+        stop = start + a_k.shape[0]
+        b_full[:, start:stop].index_copy_(0, rows, b_k.to(dtype) * scaling)
+        a_full[start:stop].index_copy_(1, cols, a_k.to(dtype))
+        start = stop
+    return b_full, a_full
+
+
 def delta_output(
     x: Tensor,
     weight: Tensor,

@@ -36,7 +36,7 @@ class SMoALayer(BaseTunerLayer):
 
     adapter_layer_names: tuple[str, ...] = ("smoa_A", "smoa_B")
     # How the unmerged forward is computed (all exact; see smoa.adapter.autograd):
-    # "fused": one matmul with W0 + ΔW (needs no active dropout and a single active adapter);
+    # "fused": one matmul with W0 + ΔW (needs no active dropout, a single active adapter, float32/64 compute);
     # "blockwise": base output + per-block branch, never forming a d_out x d_in matrix;
     # "reference": plain autograd through functional.delta_output; "auto": fused when allowed and the input has at
     # least `fuse_min_tokens` rows (building W0 + ΔW costs O(d²), worth it only for enough tokens), else blockwise.
@@ -231,6 +231,10 @@ class SMoALayer(BaseTunerLayer):
         base = self.get_base_layer()
         if base.weight.requires_grad or base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"):
             return False
+        # W0 + ΔW is formed in the compute dtype: in bf16/fp16 (or under autocast) rounding it to 8-11 significant
+        # bits would swallow updates smaller than W0's last bit, which the separate base + branch sum keeps.
+        if base.weight.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
+            return False
         return self.kernel == "fused" or x.numel() >= self.fuse_min_tokens * self.in_features
 
     def fused_forward(self, x: Tensor, adapter_name: str) -> Tensor:
@@ -238,7 +242,7 @@ class SMoALayer(BaseTunerLayer):
         a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
         row_order, col_order = self.orders(adapter_name)
         base = self.get_base_layer()
-        x = self._cast_input_dtype(x, base.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
+        x = self._cast_input_dtype(x, base.weight.dtype)
         return fused_linear(
             x, self.original_weight(), base.bias, row_order, col_order, a, b, self.scaling[adapter_name]
         )

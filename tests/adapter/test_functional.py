@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoa.adapter import functional as F
-from smoa.adapter.autograd import blockwise_delta_output
+from smoa.adapter.autograd import blockwise_delta_output, fused_linear
 
 
 def reference_scores(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +126,42 @@ def test_delta_weight_matches_permutation_matrix_reference(shape, ranks):
     x = torch.randn(3, 4, shape[1], generator=g)
     out = F.delta_output(x, w, row_order, col_order, a, b, scaling)
     torch.testing.assert_close(out.double(), x.double() @ expected.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,ranks", [((12, 10), [3, 2]), ((13, 9), [2, 2, 1]), ((9, 14), [1, 3])])
+def test_scattered_factors_give_delta_as_hadamard_with_w0(shape, ranks):
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64)
+    row_order, col_order = F.block_orders(w, "random", seed=3)
+    a, b = random_factors(*shape, ranks, g, dtype=torch.float64)
+    b_full, a_full = F.scattered_factors(row_order, col_order, a, b, 0.6)
+    assert b_full.shape == (shape[0], sum(ranks)) and a_full.shape == (sum(ranks), shape[1])
+    torch.testing.assert_close(w * (b_full @ a_full), reference_delta(w, row_order, col_order, a, b, 0.6))
+    # off the diagonal blocks the product is exactly zero
+    rows_k, cols_k = F.block_indices(row_order, len(ranks)), F.block_indices(col_order, len(ranks))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for rows, cols in zip(rows_k, cols_k, strict=True):
+        mask[rows.unsqueeze(1), cols.unsqueeze(0)] = True
+    assert ((b_full @ a_full)[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("shape,ranks", [((6, 5), [2, 1]), ((7, 9), [1, 2, 1]), ((8, 8), [2, 2])])
+def test_fused_autograd_passes_gradcheck(shape, ranks):
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64)
+    bias = torch.randn(shape[0], generator=g, dtype=torch.float64, requires_grad=True)
+    row_order, col_order = F.block_orders(w, "random", seed=2)
+    a, b = random_factors(*shape, ranks, g, dtype=torch.float64)
+    x = torch.randn(2, 3, shape[1], generator=g, dtype=torch.float64, requires_grad=True)
+    params = [t.requires_grad_() for t in (*a, *b)]
+    k = len(ranks)
+
+    def fn(x, bias, *factors):
+        return fused_linear(x, w, bias, row_order, col_order, list(factors[:k]), list(factors[k:]), 0.5)
+
+    assert torch.autograd.gradcheck(fn, (x, bias, *params), eps=1e-6, atol=1e-6)
+    want = x @ (w + reference_delta(w, row_order, col_order, a, b, 0.5)).T + bias
+    torch.testing.assert_close(fn(x, bias, *params), want)
 
 
 @pytest.mark.parametrize("shape,ranks", [((6, 5), [2, 1]), ((7, 9), [1, 2, 1]), ((8, 8), [2, 2])])

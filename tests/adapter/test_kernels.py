@@ -83,6 +83,13 @@ def test_fused_path_is_taken_only_when_exact():
     assert not layer._fusable(x[:, :4], ["default"], (), {})  # too few tokens for "auto"
     layer.kernel = "blockwise"
     assert not layer._fusable(x, ["default"], (), {})
+    layer.kernel = "fused"
+    layer.get_base_layer().to(torch.bfloat16)  # W0 + ΔW in bf16 would round small updates away
+    assert not layer._fusable(x.bfloat16(), ["default"], (), {})
+    layer.get_base_layer().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer._fusable(x, ["default"], (), {})
+    assert layer._fusable(x, ["default"], (), {})
 
 
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "reference"])

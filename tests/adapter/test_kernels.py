@@ -80,7 +80,9 @@ def test_fused_path_is_taken_only_when_exact():
     assert not layer._fusable(x, ["default"], (), {})  # active dropout: the branch input differs from the base's
     layer.eval()
     assert layer._fusable(x, ["default"], (), {})
-    assert not layer._fusable(x[:, :4], ["default"], (), {})  # too few tokens for "auto"
+    layer.fuse_min_tokens = 8
+    assert not layer._fusable(x[:, :2], ["default"], (), {})  # 4 tokens: too few for "auto" at 8
+    layer.fuse_min_tokens = 1
     layer.kernel = "blockwise"
     assert not layer._fusable(x, ["default"], (), {})
     layer.kernel = "fused"

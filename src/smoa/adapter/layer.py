@@ -39,9 +39,11 @@ class SMoALayer(BaseTunerLayer):
     # "fused": one matmul with W0 + ΔW (needs no active dropout, a single active adapter, float32/64 compute);
     # "blockwise": base output + per-block branch, never forming a d_out x d_in matrix;
     # "reference": plain autograd through functional.delta_output; "auto": fused when allowed and the input has at
-    # least `fuse_min_tokens` rows (building W0 + ΔW costs O(d²), worth it only for enough tokens), else blockwise.
+    # least `fuse_min_tokens` rows, else blockwise. Both kernels touch O(d_out·d_in) numbers per call whatever the
+    # token count (an unmerged SMoA layer is never as cheap as the base; merge for generation), and fused was the
+    # faster of the two from a single token on (benchmarks/RESULTS.md), hence the default of 1.
     kernel: str = "auto"
-    fuse_min_tokens: int = 32
+    fuse_min_tokens: int = 1
     other_param_names: tuple[str, ...] = (
         "r",
         "branch_ranks",

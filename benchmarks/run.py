@@ -45,7 +45,9 @@ LAYER_METHODS = [
     "smoa_reference",
     "authors_k2",
 ]
-MODEL_METHODS = ["smoa_k2", "lora_r16", "hira_r16", "dora_r16", "authors_k2"]
+MODEL_METHODS = ["smoa_k2", "lora_r16", "hira_r16", "dora_r16", "authors_k2", "smoa_k2_dropout", "lora_r16_dropout"]
+#: the paper's training dropout; "<method>_dropout" runs a method with it (SMoA then takes its blockwise kernel)
+PAPER_DROPOUT = 0.05
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -55,6 +57,9 @@ def peft_wrap(module: nn.Module, method: str, targets: list[str]) -> nn.Module:
 
     import smoa
 
+    dropout = 0.0
+    if method.endswith("_dropout"):
+        method, dropout = method.removesuffix("_dropout"), PAPER_DROPOUT
     if method == "bare":
         return module
     if method == "base":
@@ -63,7 +68,9 @@ def peft_wrap(module: nn.Module, method: str, targets: list[str]) -> nn.Module:
         return module
     if method.startswith("smoa") or method.startswith("authors"):
         k = int(method.split("_k")[1][0]) if "_k" in method else 2
-        model = peft.get_peft_model(module, smoa.SMoAConfig(r=32, num_blocks=k, lora_alpha=32, target_modules=targets))
+        model = peft.get_peft_model(
+            module, smoa.SMoAConfig(r=32, num_blocks=k, lora_alpha=32, lora_dropout=dropout, target_modules=targets)
+        )
         kernel = "blockwise" if method.endswith("blockwise") else "reference" if method.endswith("reference") else None
         for layer in smoa.smoa_layers(model).values():
             if kernel:
@@ -72,7 +79,8 @@ def peft_wrap(module: nn.Module, method: str, targets: list[str]) -> nn.Module:
                 install_authors_forward(layer)
         return model
     if method == "lora_r16":
-        return peft.get_peft_model(module, peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets))
+        config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=targets)
+        return peft.get_peft_model(module, config)
     if method == "dora_r16":
         return peft.get_peft_model(module, peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets, use_dora=True))
     if method == "hira_r16":
@@ -274,7 +282,7 @@ def bench_model(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
         if memory:
             row["peak_mib"] = peak_rss_of("model", method, str(batch), str(seq))
         rows.append(row)
-        print(f"  {method:12s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
+        print(f"  {method:18s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
     return rows
 
 
@@ -391,10 +399,16 @@ def write_report(results: dict, path: str, command: str) -> None:
             f"{results['seq']}, targets q,k,v,up,down, AdamW, median of {results['repeats']})",
             "",
         ]
+        lines += [
+            f"Rows ending in `_dropout` use the paper's lora_dropout {PAPER_DROPOUT} and are compared with LoRA at the "
+            "same dropout; the others use none.",
+            "",
+        ]
         lines += ["| method | s/step | steps/s | vs LoRA r=16 | peak MiB | vs LoRA |", "|---|---|---|---|---|---|"]
         for r in rows:
-            rel_t = ratio(rows, "seconds", r["method"], "lora_r16")
-            rel_m = ratio(rows, "peak_mib", r["method"], "lora_r16") if "peak_mib" in r else float("nan")
+            lora = "lora_r16_dropout" if r["method"].endswith("_dropout") else "lora_r16"
+            rel_t = ratio(rows, "seconds", r["method"], lora)
+            rel_m = ratio(rows, "peak_mib", r["method"], lora) if "peak_mib" in r else float("nan")
             lines.append(
                 f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
                 f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"

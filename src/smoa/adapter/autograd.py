@@ -63,12 +63,6 @@ def gather_anchor(weight: Tensor, rows: Tensor, cols: Tensor, out: Tensor, stagi
     return out
 
 
-def _block_shapes(n: int, rows: int, cols: int, d_in: int, need_delta: bool) -> list[tuple[int, ...]]:
-    """Scratch for one block: x_k, g_k, anchor, G_k (and ΔM_k), staged rows of W0."""
-    shapes = [(n, cols), (n, rows), (rows, cols), (rows, cols), (min(rows, _ANCHOR_ROWS), d_in)]
-    return [*shapes, (rows, cols)] if need_delta else shapes
-
-
 def _block_backward(
     g2: Tensor,
     x2: Tensor,
@@ -83,25 +77,27 @@ def _block_backward(
     """``(g_k ΔM_k, ∂L/∂A_k, ∂L/∂B_k)`` of one block (each ``None`` unless asked for by ``needs``).
 
     ``g2 (N, d_out)`` and ``x2 (N, d_in)`` share one compute dtype; the factor gradients are returned in the factors'.
+    Scratch: ``x_k``, ``g_k``, the anchor, one block-sized buffer (``ΔM_k``, then ``G_k``) and staged rows of ``W0``.
     """
     need_x, need_a, need_b = needs
     if not (need_x or need_a or need_b):
         return None, None, None
-    n, dtype = x2.shape[0], x2.dtype
-    scratch = Scratch(_block_shapes(n, rows.shape[0], cols.shape[0], x2.shape[1], need_x), dtype, x2.device)
-    x_k = gather_columns(x2, cols, scratch.take(n, cols.shape[0]))
-    g_k = gather_columns(g2, rows, scratch.take(n, rows.shape[0]))
-    anchor = scratch.take(rows.shape[0], cols.shape[0])
-    grad_t = scratch.take(rows.shape[0], cols.shape[0])
-    gather_anchor(weight, rows, cols, anchor, scratch.take(min(rows.shape[0], _ANCHOR_ROWS), x2.shape[1]))
+    (n, d_in), dtype = x2.shape, x2.dtype
+    block, staging = (rows.shape[0], cols.shape[0]), (min(rows.shape[0], _ANCHOR_ROWS), d_in)
+    scratch = Scratch([(n, block[1]), (n, block[0]), block, block, staging], dtype, x2.device)
+    x_k = gather_columns(x2, cols, scratch.take(n, block[1]))
+    g_k = gather_columns(g2, rows, scratch.take(n, block[0]))
+    anchor = scratch.take(*block)
+    work = scratch.take(*block)
+    gather_anchor(weight, rows, cols, anchor, scratch.take(*staging))
     a_c, b_c = a_k.to(dtype), b_k.to(dtype)
     grad_x_k = None
     if need_x:
-        delta = torch.mm(b_c, a_c, out=scratch.take(rows.shape[0], cols.shape[0])).mul_(anchor).mul_(scaling)
+        delta = torch.mm(b_c, a_c, out=work).mul_(anchor).mul_(scaling)  # ΔM_k
         grad_x_k = g_k @ delta
     grad_a = grad_b = None
     if need_a or need_b:
-        torch.mm(g_k.T, x_k, out=grad_t).mul_(anchor)  # G_k / s
+        grad_t = torch.mm(g_k.T, x_k, out=work).mul_(anchor)  # G_k / s
         if need_a:
             grad_a = torch.mm(b_c.T, grad_t).mul_(scaling).to(a_k.dtype)
         if need_b:

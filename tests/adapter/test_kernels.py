@@ -130,3 +130,44 @@ def test_torch_compile_matches_eager():
     loss = compiled(tokens, labels=tokens).loss
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_blockwise_branch_is_added_in_place_to_the_base_output():
+    torch.manual_seed(0)
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(24, 20)),
+        smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["0"], lora_dropout=0.2, init_lora_weights=False),
+    )
+    layer = next(iter(smoa.smoa_layers(model).values()))
+    layer.train()
+    seen = {}
+
+    def remember(_module, _inputs, out):
+        seen["ptr"] = out.data_ptr()
+
+    layer.get_base_layer().register_forward_hook(remember)
+    x = torch.randn(5, 24)
+    layer.kernel = "blockwise"
+    out = layer(x)
+    assert out.data_ptr() == seen["ptr"]  # no separate branch tensor and sum
+
+
+def test_half_precision_base_takes_the_blockwise_kernel_and_matches_reference():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(32, 24).to(torch.bfloat16)
+    model = get_peft_model(
+        torch.nn.Sequential(base), smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["0"], init_lora_weights=False)
+    )
+    layer = next(iter(smoa.smoa_layers(model).values()))
+    assert layer.smoa_A["default"][0].dtype == torch.float32
+    x = torch.randn(3, 40, 32, dtype=torch.bfloat16)
+    upstream = torch.randn(3, 40, 24, dtype=torch.bfloat16)
+    layer.kernel = "reference"
+    want = layer_run(layer, x, upstream)
+    layer.kernel = "auto"
+    assert not layer._fusable(x, ["default"], (), {})
+    got = layer_run(layer, x, upstream)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-2, atol=1e-2)
+    for g, w in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)

@@ -17,9 +17,9 @@ Two kernels, chosen per call by :class:`smoa.adapter.layer.Linear`:
   ``+N·d_out·d_in/K`` for the diagonal blocks of ``gᵀx`` (factor gradients), ``+2·r·d_out·d_in`` to build
   ``W0 + ΔW`` twice (it is rebuilt in backward rather than kept), and gathers of ``x``, ``g`` (``N·(d_in + d_out)``)
   and of the anchors (``d_out·d_in/K``). Floor: ``1 + 1/(2K)`` times the frozen layer.
-* :func:`blockwise_delta_output` — only the branch ``x ΔWᵀ`` (the caller adds the base output), block by block; used
+* :func:`blockwise_delta_output` — only the branch ``x ΔWᵀ`` (added in place to the base output), block by block; used
   with dropout (the branch sees another input than the base), several active adapters, half-precision compute
-  (where rounding ``W0 + ΔW`` to 8 significant bits would swallow small updates) and few tokens.
+  (where rounding ``W0 + ΔW`` to 8 significant bits would swallow small updates) and on request.
 
 Large temporaries come from :mod:`smoa.adapter.scratch` (page-fault free on CPU).
 """
@@ -107,11 +107,11 @@ def _block_backward(
 
 class _BlockwiseDelta(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
+    def forward(ctx, into, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
         a, b = factors[:num_blocks], factors[num_blocks:]
         x2 = x.reshape(-1, x.shape[-1])
-        n, d_in = x2.shape
-        out = x2.new_empty((n, weight.shape[0]))
+        (n, d_in), d_out = x2.shape, weight.shape[0]
+        out = x2.new_empty((n, d_out)) if into is None else into.view(n, d_out)
         blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
         for rows, cols, a_k, b_k in blocks:
             shape = (rows.shape[0], cols.shape[0])
@@ -122,11 +122,17 @@ class _BlockwiseDelta(torch.autograd.Function):
             delta = torch.mm(b_k.to(x2.dtype), a_k.to(x2.dtype), out=scratch.take(*shape))
             delta.mul_(anchor).mul_(scaling)
             y_k = torch.mm(x_k, delta.T, out=scratch.take(n, shape[0]))
-            out.scatter_(1, rows.expand(n, -1), y_k)
+            if into is None:
+                out.scatter_(1, rows.expand(n, -1), y_k)
+            else:  # the branch is cast to the output's dtype before the sum, as in `base + branch.to(dtype)`
+                out.scatter_add_(1, rows.expand(n, -1), y_k.to(out.dtype))
         ctx.save_for_backward(x, weight, row_order, col_order, *factors)
         ctx.scaling = scaling
         ctx.num_blocks = num_blocks
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        if into is None:
+            return out.reshape(*x.shape[:-1], d_out)
+        ctx.mark_dirty(into)
+        return into
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -135,13 +141,13 @@ class _BlockwiseDelta(torch.autograd.Function):
         a, b = factors[:num_blocks], factors[num_blocks:]
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
-        need_x = ctx.needs_input_grad[0]
+        need_x = ctx.needs_input_grad[1]
         grad_x = x2.new_empty(x2.shape) if need_x else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
         blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
         for k, (rows, cols, a_k, b_k) in enumerate(blocks):
-            needs = (need_x, ctx.needs_input_grad[6 + k], ctx.needs_input_grad[6 + num_blocks + k])
+            needs = (need_x, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
             grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
             if grad_x is not None:
                 grad_x.scatter_(1, cols.expand(x2.shape[0], -1), grad_x_k)
@@ -149,7 +155,8 @@ class _BlockwiseDelta(torch.autograd.Function):
             grad_b.append(g_b)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape)
-        return (grad_x, None, None, None, None, None, *grad_a, *grad_b)
+        grad_into = grad_out if ctx.needs_input_grad[0] else None
+        return (grad_into, grad_x, None, None, None, None, None, *grad_a, *grad_b)
 
 
 def blockwise_delta_output(
@@ -160,15 +167,23 @@ def blockwise_delta_output(
     a: list[Tensor],
     b: list[Tensor],
     scaling: float,
+    into: Tensor | None = None,
 ) -> Tensor:
     """``x ΔWᵀ`` with the lean backward above; same contract as :func:`smoa.adapter.functional.delta_output`.
 
     ``x (..., d_in)`` in the factors' dtype; ``weight (d_out, d_in)`` must be frozen (no gradient flows to it).
+    With ``into`` (a contiguous ``(..., d_out)`` tensor, e.g. the base layer's output) the branch is added to it in
+    place, block by block, and ``into`` is returned: no separate output and no extra sum pass.
     Cost: ``N·d_out·d_in/K`` forward, twice that backward (input and factor gradients).
     """
     if weight.requires_grad:
         raise ValueError("blockwise_delta_output needs a frozen base weight; use functional.delta_output instead")
-    return _BlockwiseDelta.apply(x, weight, row_order, col_order, scaling, len(a), *a, *b)
+    if into is not None and (not into.is_contiguous() or into.shape != (*x.shape[:-1], weight.shape[0])):
+        raise ValueError(
+            f"blockwise_delta_output: `into` must be a contiguous tensor of shape {(*x.shape[:-1], weight.shape[0])}, "
+            f"got {tuple(into.shape)} (contiguous={into.is_contiguous()})"
+        )
+    return _BlockwiseDelta.apply(into, x, weight, row_order, col_order, scaling, len(a), *a, *b)
 
 
 class _FusedLinear(torch.autograd.Function):

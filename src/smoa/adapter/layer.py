@@ -224,6 +224,26 @@ class SMoALayer(BaseTunerLayer):
             return F.delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
         return blockwise_delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
 
+    def add_delta_output(self, result: Tensor, x: Tensor, adapter_name: str) -> Tensor:
+        """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place (blockwise kernel) when that is safe."""
+        weight = self.original_weight()
+        in_place = (
+            self.kernel in ("auto", "blockwise", "fused")
+            and not weight.requires_grad
+            and result.is_contiguous()
+            and result._base is None
+            and not (result.is_leaf and result.requires_grad)
+            and not torch.compiler.is_compiling()
+        )
+        if not in_place:
+            return result + self.delta_output(x, adapter_name).to(result.dtype)
+        a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
+        row_order, col_order = self.orders(adapter_name)
+        x = self.smoa_dropout[adapter_name](self._cast_input_dtype(x, a[0].dtype))
+        return blockwise_delta_output(
+            x, weight, row_order, col_order, a, b, self.scaling[adapter_name], into=result
+        )
+
     def _fusable(self, x: Tensor, adapters: list[str], args: tuple, kwargs: dict) -> bool:
         if self.kernel not in ("auto", "fused") or len(adapters) != 1 or args or kwargs:
             return False
@@ -310,9 +330,8 @@ class Linear(nn.Module, SMoALayer):
         if self._fusable(x, adapters, args, kwargs):
             return self.fused_forward(x, adapters[0])
         result = self.base_layer(x, *args, **kwargs)
-        result_dtype = result.dtype
         for adapter_name in adapters:
-            result = result + self.delta_output(x, adapter_name).to(result_dtype)
+            result = self.add_delta_output(result, x, adapter_name)
         return result
 
     def __repr__(self) -> str:

@@ -140,16 +140,24 @@ def test_blockwise_branch_is_added_in_place_to_the_base_output():
     )
     layer = next(iter(smoa.smoa_layers(model).values()))
     layer.train()
+    base = layer.get_base_layer()
     seen = {}
 
-    def remember(_module, _inputs, out):
-        seen["ptr"] = out.data_ptr()
+    def base_forward(x):
+        out = torch.nn.functional.linear(x, base.weight, base.bias)
+        seen["ptr"], seen["copy"] = out.data_ptr(), out.detach().clone()
+        return out
 
-    layer.get_base_layer().register_forward_hook(remember)
+    base.forward = base_forward
     x = torch.randn(5, 24)
     layer.kernel = "blockwise"
     out = layer(x)
     assert out.data_ptr() == seen["ptr"]  # no separate branch tensor and sum
+    kept = {}
+    base.register_forward_hook(lambda _m, _i, output: kept.update(output=output))
+    out = layer(x)
+    assert out.data_ptr() != kept["output"].data_ptr()  # a hook's view of the base output stays the base output
+    torch.testing.assert_close(kept["output"], base_forward(x))
 
 
 def test_half_precision_base_takes_the_blockwise_kernel_and_matches_reference():

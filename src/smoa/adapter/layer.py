@@ -227,9 +227,13 @@ class SMoALayer(BaseTunerLayer):
     def add_delta_output(self, result: Tensor, x: Tensor, adapter_name: str) -> Tensor:
         """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place (blockwise kernel) when that is safe."""
         weight = self.original_weight()
+        base = self.get_base_layer()
         in_place = (
             self.kernel in ("auto", "blockwise", "fused")
             and not weight.requires_grad
+            # a forward hook may have kept the base output: it must not see the branch added to it afterwards
+            and not base._forward_hooks
+            and not torch.nn.modules.module._global_forward_hooks
             and result.is_contiguous()
             and result._base is None
             and not (result.is_leaf and result.requires_grad)

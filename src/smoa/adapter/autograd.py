@@ -105,15 +105,19 @@ def _block_backward(
     return grad_x_k, grad_a, grad_b
 
 
+def _blocks(row_order: Tensor, col_order: Tensor, a, b) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``[(R_k, C_k, A_k, B_k)]`` for every block."""
+    num_blocks = len(a)
+    return list(zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True))
+
+
 class _BlockwiseDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, into, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
-        a, b = factors[:num_blocks], factors[num_blocks:]
         x2 = x.reshape(-1, x.shape[-1])
         (n, d_in), d_out = x2.shape, weight.shape[0]
         out = x2.new_empty((n, d_out)) if into is None else into.view(n, d_out)
-        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
-        for rows, cols, a_k, b_k in blocks:
+        for rows, cols, a_k, b_k in _blocks(row_order, col_order, factors[:num_blocks], factors[num_blocks:]):
             shape = (rows.shape[0], cols.shape[0])
             staging = (min(shape[0], _ANCHOR_ROWS), d_in)
             scratch = Scratch([(n, shape[1]), shape, staging, shape, (n, shape[0])], x2.dtype, x.device)
@@ -137,18 +141,17 @@ class _BlockwiseDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, row_order, col_order, *factors = ctx.saved_tensors
-        num_blocks, scaling = ctx.num_blocks, ctx.scaling
-        a, b = factors[:num_blocks], factors[num_blocks:]
+        num_blocks = ctx.num_blocks
+        blocks = _blocks(row_order, col_order, factors[:num_blocks], factors[num_blocks:])
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
         need_x = ctx.needs_input_grad[1]
         grad_x = x2.new_empty(x2.shape) if need_x else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
-        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
         for k, (rows, cols, a_k, b_k) in enumerate(blocks):
             needs = (need_x, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
-            grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
+            grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, ctx.scaling, needs)
             if grad_x is not None:
                 grad_x.scatter_(1, cols.expand(x2.shape[0], -1), grad_x_k)
             grad_a.append(g_a)
@@ -203,15 +206,14 @@ class _FusedLinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, row_order, col_order, *factors = ctx.saved_tensors
         num_blocks, scaling = ctx.num_blocks, ctx.scaling
-        a, b = factors[:num_blocks], factors[num_blocks:]
+        a, b = list(factors[:num_blocks]), list(factors[num_blocks:])
         common = torch.promote_types(grad_out.dtype, x.dtype)
         x2 = x.reshape(-1, x.shape[-1]).to(common)
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(common)
         grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
-        blocks = zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True)
-        for k, (rows, cols, a_k, b_k) in enumerate(blocks):
+        for k, (rows, cols, a_k, b_k) in enumerate(_blocks(row_order, col_order, a, b)):
             needs = (False, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
             _, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
             grad_a.append(g_a)
@@ -219,9 +221,7 @@ class _FusedLinear(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             scratch = Scratch([tuple(weight.shape)], common, x.device)
-            effective = build_effective_weight(
-                scratch.take(*weight.shape), weight, row_order, col_order, list(a), list(b), scaling
-            )
+            effective = build_effective_weight(scratch.take(*weight.shape), weight, row_order, col_order, a, b, scaling)
             grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
         return (grad_x, None, grad_bias, None, None, None, None, *grad_a, *grad_b)
 

@@ -304,11 +304,15 @@ def test_generate(tokens):
 
 
 # -------------------------------------------------------------------------------------------- lean state
-def test_layer_holds_no_dense_matrix_and_saves_none_for_backward():
+@pytest.mark.parametrize("kernel,dropout", [("auto", 0.0), ("blockwise", 0.0), ("auto", 0.2)])
+def test_layer_holds_no_dense_matrix_and_saves_none_for_backward(kernel, dropout):
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(64, 96))
-    model = get_peft_model(base, smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["0"], init_lora_weights=False))
+    config = smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["0"], lora_dropout=dropout, init_lora_weights=False)
+    model = get_peft_model(base, config)
     layer = next(iter(smoa.smoa_layers(model).values()))
+    layer.kernel = kernel
+    layer.train()
     d = layer.out_features * layer.in_features
     weight = layer.get_base_layer().weight
 

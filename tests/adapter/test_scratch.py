@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from smoa.adapter import functional as F
@@ -67,3 +68,17 @@ def test_inference_mode_and_threads_get_their_own_buffers():
         thread.join()
     for value in results.values():
         torch.testing.assert_close(value, want)
+
+
+def test_into_of_the_wrong_shape_is_refused_with_the_expected_shape():
+    w, row_order, col_order, a, b = _problem()
+    x = torch.randn(6, w.shape[1])
+    with pytest.raises(ValueError, match=r"`into` must be a contiguous tensor of shape \(6, 24\)"):
+        blockwise_delta_output(x, w, row_order, col_order, a, b, 0.5, into=torch.zeros(6, 23))
+    with pytest.raises(ValueError, match="contiguous=False"):
+        blockwise_delta_output(x, w, row_order, col_order, a, b, 0.5, into=torch.zeros(24, 6).T)
+    into = torch.randn(6, 24)
+    want = into + blockwise_delta_output(x, w, row_order, col_order, a, b, 0.5)
+    got = blockwise_delta_output(x, w, row_order, col_order, a, b, 0.5, into=into)
+    assert got is into
+    torch.testing.assert_close(got, want)

@@ -214,23 +214,27 @@ class SMoALayer(BaseTunerLayer):
         )
         return self._to_storage_layout(delta).to(dtype or original.dtype)
 
-    def delta_output(self, x: Tensor, adapter_name: str) -> Tensor:
-        """``dropout(x) ΔWᵀ`` of one adapter, ``x (..., d_in)`` → ``(..., d_out)`` in the adapter's dtype."""
+    def delta_output(self, x: Tensor, adapter_name: str, into: Tensor | None = None) -> Tensor:
+        """``dropout(x) ΔWᵀ`` of one adapter, ``x (..., d_in)`` → ``(..., d_out)`` in the adapter's dtype.
+
+        With ``into`` (``(..., d_out)``), returns ``into + dropout(x) ΔWᵀ`` in ``into``'s dtype, computed in place in
+        ``into`` by the blockwise kernel (see :meth:`add_delta_output` for when that is safe).
+        """
         a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
         row_order, col_order = self.orders(adapter_name)
         x = self.smoa_dropout[adapter_name](self._cast_input_dtype(x, a[0].dtype))
         weight = self.original_weight()
         if weight.requires_grad or self.kernel == "reference":
-            return F.delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
-        return blockwise_delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
+            delta = F.delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
+            return delta if into is None else into + delta.to(into.dtype)
+        return blockwise_delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name], into=into)
 
     def add_delta_output(self, result: Tensor, x: Tensor, adapter_name: str) -> Tensor:
-        """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place (blockwise kernel) when that is safe."""
-        weight = self.original_weight()
+        """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place in ``result`` when that is safe."""
         base = self.get_base_layer()
         in_place = (
-            self.kernel in ("auto", "blockwise", "fused")
-            and not weight.requires_grad
+            self.kernel != "reference"
+            and not self.original_weight().requires_grad
             # a forward hook may have kept the base output: it must not see the branch added to it afterwards
             and not base._forward_hooks
             and not torch.nn.modules.module._global_forward_hooks
@@ -239,14 +243,9 @@ class SMoALayer(BaseTunerLayer):
             and not (result.is_leaf and result.requires_grad)
             and not torch.compiler.is_compiling()
         )
-        if not in_place:
-            return result + self.delta_output(x, adapter_name).to(result.dtype)
-        a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
-        row_order, col_order = self.orders(adapter_name)
-        x = self.smoa_dropout[adapter_name](self._cast_input_dtype(x, a[0].dtype))
-        return blockwise_delta_output(
-            x, weight, row_order, col_order, a, b, self.scaling[adapter_name], into=result
-        )
+        if in_place:
+            return self.delta_output(x, adapter_name, into=result)
+        return result + self.delta_output(x, adapter_name).to(result.dtype)
 
     def _fusable(self, x: Tensor, adapters: list[str], args: tuple, kwargs: dict) -> bool:
         if self.kernel not in ("auto", "fused") or len(adapters) != 1 or args or kwargs:

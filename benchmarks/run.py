@@ -335,6 +335,91 @@ def bench_init(repeats: int) -> dict:
     return {"layers": n_layers, "seconds": statistics.median(times)}
 
 
+def bench_data(repeats: int, steps: int = 6) -> dict:
+    """Real training steps on the packaged SmolLM2 and commonsense data (an 800-example slice, batch 8): the LM head
+    at every position vs at labelled positions only, and random vs length-grouped batches; SMoA and LoRA at the same
+    budget. ``steps`` batches spread evenly over the epoch are timed; the padding counts cover the whole epoch."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from smoa.lm_head import causal_lm_loss
+    from smoa.tasks.prompts import collate_for_training
+    from smoa.training.recipe import load_recipe
+    from smoa.training.trainer import build_model, load_training_records, tokenize_records
+
+    batch_size = 8
+    recipe = load_recipe(
+        None, train_limit=800, val_size=120, budget="matched", seed=0, method_args={"lora_dropout": 0.0}
+    )
+    models = {}
+    for method in ("smoa", "lora"):
+        models[method], tokenizer, _ = build_model(load_recipe(None, **{**recipe.to_dict(), "method": method}))
+    train, _ = load_training_records(recipe)
+    data = tokenize_records(train, tokenizer, recipe)
+    lengths = [len(d["input_ids"]) for d in data]
+    orders = {
+        "random": torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist(),
+        "grouped": list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(0))),
+    }
+    pad = tokenizer.pad_token_id
+    batches, padding = {}, {}
+    for name, order in orders.items():
+        all_batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        padding[name] = {
+            "padded_tokens": sum(max(lengths[i] for i in b) * len(b) for b in all_batches),
+            "real_tokens": sum(lengths),
+        }
+        picked = [all_batches[round(k * (len(all_batches) - 1) / (steps - 1))] for k in range(steps)]
+        batches[name] = [collate_for_training([data[i] for i in b], pad) for b in picked]
+
+    def runner(model, head: str, order: str):
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        model.train()
+
+        def step() -> None:
+            for b in batches[order]:
+                optimizer.zero_grad(set_to_none=True)
+                if head == "full":
+                    loss = model(**b).loss
+                else:
+                    loss = causal_lm_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+                loss.backward()
+                optimizer.step()
+
+        return step
+
+    configs = [("full", "random"), ("labelled", "random"), ("labelled", "grouped")]
+    runs = {f"{m}/{h}/{o}": runner(models[m], h, o) for m in models for h, o in configs}
+    medians = interleaved_medians(runs, repeats)
+    with torch.no_grad():
+        b = batches["random"][0]
+        model = models["smoa"].eval()
+        loss_gap = abs(
+            model(**b).loss.item() - causal_lm_loss(model, b["input_ids"], b["attention_mask"], b["labels"]).item()
+        )
+    rows = []
+    for name, seconds in medians.items():
+        method, head, order = name.split("/")
+        rows.append(
+            {
+                "method": method,
+                "head": head,
+                "order": order,
+                "seconds_per_step": seconds / steps,
+                "steps_per_s": steps / seconds,
+            }
+        )
+        print(f"  {name:24s} {seconds / steps:6.2f} s/step")
+    return {
+        "rows": rows,
+        "padding": padding,
+        "steps": steps,
+        "batch": batch_size,
+        "loss_gap": loss_gap,
+        "repeats": repeats,
+    }
+
+
 # ---------------------------------------------------------------------------------------------------- report
 def pick(rows: list[dict], key: str, method: str, **match) -> float:
     return next(r[key] for r in rows if r["method"] == method and all(r.get(k) == v for k, v in match.items()))
@@ -346,8 +431,10 @@ def ratio(rows: list[dict], key: str, num: str, den: str, **match) -> float:
 
 def write_report(results: dict, path: str, command: str) -> None:
     lines = ["# Benchmark results", "", f"Command: `{command}`", ""]
+    for section, other in results.get("commands", {}).items():
+        lines.append(f"Section `{section}` re-measured later with: `{other}`")
     machine = results["machine"]
-    lines += [f"Machine: {machine}", ""]
+    lines += ["", f"Machine: {machine}", ""]
     if "layer" in results:
         rows = results["layer"]
         lines += [f"## Layer forward+backward (tokens = {results['tokens']}, fp32, median of {results['repeats']})", ""]
@@ -430,6 +517,36 @@ def write_report(results: dict, path: str, command: str) -> None:
             for steps in (100, 1000):
                 share = init["seconds"] / (init["seconds"] + steps * step)
                 lines.append(f"- share of a {steps}-step run at {step:.2f} s/step: {100 * share:.2f}%")
+    if "data" in results:
+        data = results["data"]
+        rows = data["rows"]
+        lines += [
+            "",
+            f"## Training on real batches (SmolLM2-135M weights, commonsense slice, batch {data['batch']}, "
+            f"{data['steps']} batches spread over the epoch, median of {data['repeats']})",
+            "",
+        ]
+        lines += [
+            "Response-only loss: `labelled` applies the LM head only where a label is set "
+            "(`smoa.lm_head.causal_lm_loss`), `full` at every position (transformers' loss); `grouped` batches "
+            "examples of similar length (`group_by_length: true`).",
+            "",
+        ]
+        lines += ["| method | head | batches | s/step | steps/s | vs full/random |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            before = next(x for x in rows if x["method"] == r["method"] and x["head"] == "full")
+            lines.append(
+                f"| {r['method']} | {r['head']} | {r['order']} | {r['seconds_per_step']:.2f} | "
+                f"{r['steps_per_s']:.3f} | {before['seconds_per_step'] / r['seconds_per_step']:.2f}× |"
+            )
+        lines.append("")
+        for order, count in data["padding"].items():
+            share = 1 - count["real_tokens"] / count["padded_tokens"]
+            lines.append(
+                f"- {order} batches over the epoch: {count['padded_tokens']:,} tokens fed for "
+                f"{count['real_tokens']:,} real ones ({100 * share:.1f} % padding)"
+            )
+        lines.append(f"- |loss(full head) − loss(labelled head)| on one batch: {data['loss_gap']:.2e}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -443,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         _memory_child(*argv[1:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["layer", "model", "inference", "init", "all"])
+    parser.add_argument("section", choices=["layer", "model", "inference", "init", "data", "all"])
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per layer step (default 2048)")
     parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in LAYER_SHAPES), help="d_outxd_in,...")
     parser.add_argument("--batch", type=int, default=8)
@@ -473,10 +590,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.section in ("init", "all"):
         results["init"] = bench_init(args.repeats)
         print(f"init: {results['init']}")
+    if args.section in ("data", "all"):
+        results["data"] = bench_data(args.repeats)
     if args.output:
         command = "python benchmarks/run.py " + " ".join(argv)
+        json_path = os.path.splitext(args.output)[0] + ".json"
+        if args.section != "all" and os.path.exists(json_path):
+            # one section re-measured: keep the others, each with the command that measured it
+            with open(json_path) as f:
+                kept = json.load(f)
+            kept.setdefault("commands", {})
+            kept["commands"][args.section] = command
+            kept.update({k: v for k, v in results.items() if k == args.section or k not in kept})
+            results, command = kept, kept.get("command", command)
+        results.setdefault("command", command)
         write_report(results, args.output, command)
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=1)
     return 0
 

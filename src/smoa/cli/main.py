@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-COMMANDS = ("train", "eval", "compare", "data", "methods", "analyze", "bench")
+COMMANDS = ("train", "eval", "compare", "study", "data", "methods", "analyze", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,10 @@ class Recipe:
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and slicing."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Batch examples of similar length (less padding; the batches differ from random ones)."},
+    )
     precision: str = field(default="fp32", metadata={"help": "Mixed precision: fp32, bf16 or fp16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     # checkpoints and logging
@@ -87,6 +91,9 @@ class Recipe:
     eval_limit: int | None = field(default=None, metadata={"help": "Seeded subsample of each evaluation set."})
     eval_method: str = field(
         default="generate", metadata={"help": "'generate' (paper protocol) or 'loglik' (fast, commonsense only)."}
+    )
+    eval_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the evaluation subsample (default: the run's seed)."}
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     num_beams: int | None = field(default=None, metadata={"help": "Override the task's beam count (4 in the papers)."})
@@ -155,6 +162,7 @@ class Recipe:
             "eval_limit",
             "eval_method",
             "eval_batch_size",
+            "eval_seed",
             "num_beams",
             "eval_data_dir",
             "name",

@@ -53,6 +53,8 @@ class TrainResult:
     final_train_loss: float | None
     best_val_loss: float | None
     update_rank: float | None = None
+    tokens_seen: int | None = None  # non-padding input tokens processed in training
+    val_loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     evaluation: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,7 +182,27 @@ def _trainer_classes():
     from transformers import Trainer, TrainerCallback
 
     class SMoATrainer(Trainer):
-        """Trainer whose checkpoints carry a manifest written last (see :mod:`.checkpoints`)."""
+        """Trainer whose checkpoints carry a manifest written last (see :mod:`.checkpoints`), and whose loss applies
+        the LM head only at labelled positions (:func:`smoa.lm_head.causal_lm_loss`: the same loss and gradients)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from smoa.lm_head import causal_lm_loss, supports_selected_logits
+
+            plain = (
+                self.label_smoother is None
+                and self.compute_loss_func is None
+                and set(inputs) <= {"input_ids", "attention_mask", "labels"}
+                and "labels" in inputs
+                and self.accelerator.unwrap_model(model) is model  # DDP/FSDP/DeepSpeed: forward via the wrapper
+                and supports_selected_logits(model)
+            )
+            if not plain:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss = causal_lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"], items)
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and items is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss (one process here)
+            return (loss, {"loss": loss}) if return_outputs else loss
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
@@ -232,6 +254,7 @@ def training_arguments(recipe: Recipe, run_dir: Path):
         max_grad_norm=recipe.max_grad_norm,
         seed=recipe.seed,
         data_seed=recipe.seed,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         bf16=recipe.precision == "bf16",
         fp16=recipe.precision == "fp16",
         gradient_checkpointing=recipe.gradient_checkpointing,
@@ -243,6 +266,8 @@ def training_arguments(recipe: Recipe, run_dir: Path):
         save_total_limit=recipe.keep_last + 1,  # the best checkpoint is kept on top of the last ones
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
+        prediction_loss_only=True,  # validation needs the loss only; gathering logits costs B·L·V floats per batch
+        include_num_input_tokens_seen="non_padding",
         greater_is_better=False,
         logging_steps=recipe.logging_steps,
         report_to=report_to,
@@ -333,6 +358,8 @@ def run_training(
         best_checkpoint=trainer.state.best_model_checkpoint,
         final_train_loss=train_losses[-1] if train_losses else output.training_loss,
         best_val_loss=min(val_losses) if val_losses else None,
+        tokens_seen=int(trainer.state.num_input_tokens_seen) or None,
+        val_loss_curve=[(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
     )
     if trainer.args.should_save:
         result.update_rank = mean_update_rank(model)
@@ -355,7 +382,7 @@ def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
             tokenizer,
             task,
             limit=recipe.eval_limit,
-            seed=recipe.seed,
+            seed=recipe.seed if recipe.eval_seed is None else recipe.eval_seed,
             method=recipe.eval_method,
             template=recipe.template,
             num_beams=recipe.num_beams,

@@ -1,0 +1,68 @@
+"""``smoa study``: a resumable, pre-declared comparison — per-method learning-rate sweeps chosen on validation loss,
+final runs over several seeds, a paired bootstrap interval of the difference, tables and figures.
+
+smoa study --recipe recipes/study-cpu.yaml                # run (or continue) the study, then summarise it
+smoa study --recipe recipes/study-cpu.yaml --summarize    # only recompute tables and figures from the result JSONs
+smoa study --recipe recipes/study-cpu.yaml --plan         # list the tasks still to run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="run a fair, resumable multi-seed comparison (lr sweep per method, seeds, paired bootstrap CI)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--recipe", required=True, help="study YAML file (see recipes/study-*.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the shared training recipe, e.g. --set max_steps=10; repeatable",
+    )
+    parser.add_argument("--summarize", action="store_true", help="only rewrite tables and figures from the results")
+    parser.add_argument("--plan", action="store_true", help="list the tasks still to run (ready ones first)")
+    parser.add_argument("--max-tasks", type=int, default=None, help="stop after running this many tasks")
+    parser.add_argument(
+        "--doc",
+        default="docs/study.md",
+        help="markdown file whose study markers receive the tables (default docs/study.md)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ._recipe_args import user_errors
+
+    try:
+        return _run(args)
+    except (*user_errors(), ValueError) as error:
+        print(f"smoa study: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from smoa.study import load_study, run_study, write_summary
+    from smoa.study.runner import load_results, tasks_in_order
+
+    study = load_study(args.recipe, args.overrides)
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    if args.plan:
+        results = load_results(study)
+        pending = [t.id for t in tasks_in_order(study, results) if t.id not in results]
+        print(f"{len(results)} tasks done; ready now: {', '.join(pending) or 'none'}")
+        return 0
+    if not args.summarize:
+        run_study(study, max_tasks=args.max_tasks)
+    summary = write_summary(study, args.doc)
+    print(f"summary: {study.results_dir}/summary.md ({summary['results']} results)")
+    return 0

@@ -1,0 +1,372 @@
+"""A study's tables, intervals and figures, recomputed from its per-run JSONs alone.
+
+- Sweep: best validation loss per arm and learning rate; the chosen rate (lowest loss, ties to the smaller rate).
+- Finals: accuracy per set and the unweighted average over sets, mean ± sample std over seeds.
+- Paired bootstrap of a difference ``a − b`` of average accuracy (percentage points), two levels, paired on both:
+  draw the seeds with replacement, and within every set draw the evaluated examples with replacement; the same
+  draws apply to both arms (they share seeds and examples). A replicate is
+  ``mean over drawn seeds of mean over sets of (acc_a − acc_b on the drawn examples)``; the 95 % interval is the
+  2.5th–97.5th percentile of the replicates.
+- The half-width of a 95 % interval of one accuracy over its examples: ``1.96 · sqrt(p (1 − p) / n)`` per set,
+  and for the average over S sets ``1.96 · sqrt(Σ_s p_s (1 − p_s) / n_s) / S``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoa.study.protocol import Study, rate_label
+from smoa.study.runner import load_results, sweep_state
+
+COMMONSENSE_ORDER = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa")
+
+
+def accuracy_half_width(correct: Sequence[Sequence[int]]) -> float:
+    """Half-width (percentage points) of the normal 95 % interval of the mean over sets of per-set accuracies,
+    over the evaluated examples: ``1.96 · sqrt(Σ_s p_s (1 − p_s) / n_s) / S``."""
+    variance = 0.0
+    for values in correct:
+        n = len(values)
+        p = sum(values) / n
+        variance += p * (1 - p) / n
+    return 100 * 1.96 * math.sqrt(variance) / len(correct)
+
+
+def _aligned(results_a: list[dict], results_b: list[dict], datasets: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """Per dataset, (seeds, examples) 0/1 arrays of both arms over the same seeds and example ids."""
+    by_seed_a = {r["seed"]: r for r in results_a}
+    by_seed_b = {r["seed"]: r for r in results_b}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    if not seeds:
+        raise ValueError("the two arms share no seed")
+    out = []
+    for dataset in datasets:
+        reference = by_seed_a[seeds[0]]["examples"][dataset]["uids"]
+        rows_a, rows_b = [], []
+        for seed in seeds:
+            for rows, result in ((rows_a, by_seed_a[seed]), (rows_b, by_seed_b[seed])):
+                examples = result["examples"][dataset]
+                if examples["uids"] != reference:
+                    raise ValueError(f"{result['id']}: {dataset} was evaluated on other examples than the others")
+                rows.append(examples["correct"])
+        out.append((np.asarray(rows_a, dtype=np.float64), np.asarray(rows_b, dtype=np.float64)))
+    return tuple(out)
+
+
+def paired_bootstrap(
+    results_a: list[dict], results_b: list[dict], datasets: Sequence[str], replicates: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """Difference of average accuracy ``a − b`` (points) with its paired two-level bootstrap 95 % interval.
+
+    Returns ``{"difference", "low", "high", "p_below_zero", "seeds", "examples"}``: the observed difference (mean
+    over the shared seeds of the mean over sets), the interval, and the share of replicates ≤ 0.
+    """
+    pairs = _aligned(results_a, results_b, datasets)
+    rng = np.random.default_rng(seed)
+    n_seeds = pairs[0][0].shape[0]
+    observed = float(np.mean([np.mean(a - b, axis=1) for a, b in pairs], axis=0).mean() * 100)
+    seed_draws = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    total = np.zeros(replicates)
+    for a, b in pairs:
+        diff = a - b  # (seeds, examples)
+        n = diff.shape[1]
+        example_draws = rng.integers(0, n, size=(replicates, n))
+        # mean over drawn examples for every seed, then over drawn seeds
+        per_seed = np.stack([diff[s][example_draws].mean(axis=1) for s in range(n_seeds)], axis=1)  # (R, seeds)
+        total += np.take_along_axis(per_seed, seed_draws, axis=1).mean(axis=1)
+    total = total / len(pairs) * 100
+    low, high = np.percentile(total, [2.5, 97.5])
+    return {
+        "difference": observed,
+        "low": float(low),
+        "high": float(high),
+        "p_below_zero": float(np.mean(total <= 0)),
+        "seeds": n_seeds,
+        "examples": int(sum(a.shape[1] for a, _ in pairs)),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _datasets(results: list[dict]) -> list[str]:
+    names = {d for r in results for d in r["examples"]}
+    return sorted(names, key=lambda d: (COMMONSENSE_ORDER.index(d) if d in COMMONSENSE_ORDER else 99, d))
+
+
+def _accuracy(result: dict, dataset: str) -> float:
+    values = result["examples"][dataset]["correct"]
+    return 100 * sum(values) / len(values)
+
+
+def summarize(study: Study) -> dict[str, Any]:
+    """Everything the tables show, from the result JSONs (see the module docstring)."""
+    results = load_results(study)
+    sweeps: dict[str, dict[str, Any]] = {}
+    for arm in study.arms:
+        rows = sorted(
+            (r for r in results.values() if r["kind"] == "sweep" and r["variant"] == arm),
+            key=lambda r: r["learning_rate"],
+        )
+        if not rows:
+            continue
+        pending, chosen = sweep_state(study, arm, results)
+        sweeps[arm] = {
+            "rates": [r["learning_rate"] for r in rows],
+            "best_val_loss": [r["best_val_loss"] for r in rows],
+            "final_val_loss": [r["val_loss_curve"][-1][1] if r["val_loss_curve"] else None for r in rows],
+            "curves": {rate_label(r["learning_rate"]): r["val_loss_curve"] for r in rows},
+            "extensions": [r["learning_rate"] for r in rows if r.get("extension")],
+            "chosen": chosen,
+            "complete": not pending,
+        }
+    finals: dict[str, list[dict]] = {}
+    for r in results.values():
+        if r["kind"] == "final":
+            finals.setdefault(r["variant"], []).append(r)
+    base = results.get("base")
+    datasets = _datasets([*(r for rs in finals.values() for r in rs), *([base] if base else [])])
+    order = [v for v in [*study.arms, *study.ablations] if v in finals]
+    table = {}
+    for variant in order:
+        runs = sorted(finals[variant], key=lambda r: r["seed"])
+        per_set = {d: _mean_std([_accuracy(r, d) for r in runs]) for d in datasets}
+        averages = [statistics.fmean(_accuracy(r, d) for d in datasets) for r in runs]
+        table[variant] = {
+            "method": runs[0]["method"],
+            "learning_rate": runs[0]["learning_rate"],
+            "seeds": [r["seed"] for r in runs],
+            "per_set": per_set,
+            "average": _mean_std(averages),
+            "average_per_seed": averages,
+            "half_width": statistics.fmean(
+                accuracy_half_width([r["examples"][d]["correct"] for d in datasets]) for r in runs
+            ),
+            "trainable_params": runs[0]["trainable_params"],
+            "params_percent": runs[0]["params_percent"],
+            "update_rank": statistics.fmean(r["update_rank"] for r in runs if r["update_rank"] is not None)
+            if any(r["update_rank"] is not None for r in runs) else None,
+            "best_val_loss": _mean_std([r["best_val_loss"] for r in runs]),
+            "steps": runs[0]["steps"],
+            "tokens_seen": runs[0]["tokens_seen"],
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+            "peak_memory_mib": statistics.fmean(r["peak_memory_mib"] for r in runs if r["peak_memory_mib"]),
+            "curves": [r["val_loss_curve"] for r in runs],
+        }  # fmt: skip
+    if base:
+        table["base"] = {
+            "method": "base", "learning_rate": None, "seeds": [], "average_per_seed": [],
+            "per_set": {d: (_accuracy(base, d), 0.0) for d in datasets},
+            "average": (statistics.fmean(_accuracy(base, d) for d in datasets), 0.0),
+            "half_width": accuracy_half_width([base["examples"][d]["correct"] for d in datasets]),
+        }  # fmt: skip
+    comparisons = []
+    for a, b in study.all_comparisons():
+        if a in finals and b in finals:
+            try:
+                stats = paired_bootstrap(finals[a], finals[b], datasets, study.bootstrap)
+            except ValueError:
+                continue
+            comparisons.append({"a": a, "b": b, **stats})
+    generation = {}
+    for r in results.values():
+        if r["kind"] == "generate":
+            entry = generation.setdefault(r["variant"], {"seeds": [], "per_set": {}, "average": []})
+            entry["seeds"].append(r["seed"])
+            sets = _datasets([r])
+            for d in sets:
+                entry["per_set"].setdefault(d, []).append(_accuracy(r, d))
+            entry["average"].append(statistics.fmean(_accuracy(r, d) for d in sets))
+    return {
+        "study": study.name,
+        "sweeps": sweeps,
+        "datasets": datasets,
+        "finals": table,
+        "comparisons": comparisons,
+        "generation": generation,
+        "results": len(results),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def _display(dataset: str) -> str:
+    from smoa.tasks import TASKS
+
+    return TASKS[dataset].display if dataset in TASKS else dataset
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The study's tables as markdown (sweep, final accuracies, paired differences, generation check)."""
+    lines: list[str] = []
+    if summary["sweeps"]:
+        lines += ["### Learning-rate sweep (validation loss, lowest over the run; seed of the sweep)", ""]
+        for arm, sweep in summary["sweeps"].items():
+            cells = [
+                f"{rate:.3g}: {_f(loss, 4)}" + (" (extension)" if rate in sweep["extensions"] else "")
+                for rate, loss in zip(sweep["rates"], sweep["best_val_loss"], strict=True)
+            ]
+            chosen = f"**{sweep['chosen']:.3g}**" if sweep["chosen"] is not None else "pending"
+            lines.append(f"- {arm}: " + ", ".join(cells) + f" → chosen {chosen}")
+        lines.append("")
+    finals = summary["finals"]
+    datasets = summary["datasets"]
+    if finals:
+        lines += ["### Test accuracy (%), mean ± std over seeds", ""]
+        header = [
+            "Arm",
+            "lr",
+            "Seeds",
+            *(_display(d) for d in datasets),
+            "Avg",
+            "±95% (examples)",
+            "Val loss",
+            "Trainable",
+            "ΔW rank",
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for variant, row in finals.items():
+            cells = [variant, _f(row["learning_rate"], 4) if row["learning_rate"] else "—", str(len(row["seeds"]))]
+            cells += [
+                f"{m:.1f} ± {s:.1f}" if row["seeds"] else f"{m:.1f}" for m, s in (row["per_set"][d] for d in datasets)
+            ]
+            mean, std = row["average"]
+            cells.append(f"**{mean:.2f} ± {std:.2f}**" if row["seeds"] else f"**{mean:.2f}**")
+            cells.append(f"± {row['half_width']:.2f}")
+            if "best_val_loss" in row:
+                cells += [f"{row['best_val_loss'][0]:.4f}", f"{row['trainable_params']:,}", _f(row["update_rank"], 1)]
+            else:
+                cells += ["—", "0", "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if summary["comparisons"]:
+        lines += ["### Paired differences of average accuracy (points; bootstrap over seeds and examples)", ""]
+        lines += [
+            "| a − b | difference | 95% CI | share of replicates ≤ 0 | seeds | examples per seed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            lines.append(
+                f"| {c['a']} − {c['b']} | {c['difference']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] | "
+                f"{c['p_below_zero']:.3f} | {c['seeds']} | {c['examples']} |"
+            )
+        lines.append("")
+    if summary["generation"]:
+        lines += ["### Generation protocol check (beam search, regex scoring; smaller subsample)", ""]
+        gen_sets = sorted(
+            {d for g in summary["generation"].values() for d in g["per_set"]},
+            key=lambda d: COMMONSENSE_ORDER.index(d) if d in COMMONSENSE_ORDER else 99,
+        )
+        header = ["Arm", "Seeds", *(_display(d) for d in gen_sets), "Avg"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for variant, g in summary["generation"].items():
+            cells = [variant, str(len(g["seeds"]))]
+            cells += [_f(statistics.fmean(g["per_set"][d])) for d in gen_sets]
+            cells.append(_f(statistics.fmean(g["average"])))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
+    """PNG figures: validation loss vs step per arm at its chosen rate (final runs, mean over seeds), the sweep
+    curves (lowest validation loss vs learning rate), and accuracy per set with ± std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    finals = {k: v for k, v in summary["finals"].items() if v.get("curves")}
+    if finals:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant, row in finals.items():
+            steps = [s for s, _ in row["curves"][0]]
+            curves = [[v for _, v in c] for c in row["curves"] if len(c) == len(steps)]
+            mean = np.mean(curves, axis=0)
+            ax.plot(steps, mean, marker="o", label=f"{variant} (lr {row['learning_rate']:.3g})")
+            if len(curves) > 1:
+                ax.fill_between(steps, np.min(curves, axis=0), np.max(curves, axis=0), alpha=0.2)
+        ax.set(xlabel="step", ylabel="validation loss", title="Validation loss at each arm's chosen rate")
+        ax.legend()
+        fig.tight_layout()
+        written.append(folder / "val_loss.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    if summary["sweeps"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for arm, sweep in summary["sweeps"].items():
+            ax.plot(sweep["rates"], sweep["best_val_loss"], marker="o", label=arm)
+            if sweep["chosen"] is not None:
+                index = sweep["rates"].index(sweep["chosen"])
+                ax.scatter(
+                    [sweep["chosen"]], [sweep["best_val_loss"][index]], s=120, facecolors="none", edgecolors="black"
+                )
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate", ylabel="lowest validation loss", title="Learning-rate sweep (circle: chosen)")
+        ax.legend()
+        fig.tight_layout()
+        written.append(folder / "lr_sweep.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    if summary["finals"]:
+        datasets = summary["datasets"]
+        variants = list(summary["finals"])
+        width = 0.8 / len(variants)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        x = np.arange(len(datasets) + 1)
+        for i, variant in enumerate(variants):
+            row = summary["finals"][variant]
+            means = [row["per_set"][d][0] for d in datasets] + [row["average"][0]]
+            stds = [row["per_set"][d][1] for d in datasets] + [row["average"][1]]
+            ax.bar(x + (i - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=variant)
+        ax.set_xticks(x, [*(_display(d) for d in datasets), "Avg"])
+        ax.set(ylabel="accuracy (%)", title="Test accuracy per set (mean ± std over seeds)")
+        ax.legend(fontsize=8, ncol=len(variants))
+        fig.tight_layout()
+        written.append(folder / "accuracy.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+MARKERS = r"(<!-- study:{name}:begin[^>]*-->)(.*?)(<!-- study:{name}:end -->)"
+
+
+def write_summary(study: Study, doc: str | Path | None = None) -> dict[str, Any]:
+    """Write ``summary.md``, ``summary.json`` and ``figures/`` into the results folder; when ``doc`` names a
+    markdown file holding this study's markers (``<!-- study:<name>:begin ... -->`` and
+    ``<!-- study:<name>:end -->``), replace the text between them with the tables."""
+    from smoa.training.checkpoints import write_json_atomic, write_text_atomic
+
+    summary = summarize(study)
+    folder = Path(study.results_dir)
+    text = summary_markdown(summary)
+    write_text_atomic(folder / "summary.md", f"# Study {study.name}\n\n{text}")
+    lean = {
+        **summary,
+        "sweeps": {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary["sweeps"].items()},
+        "finals": {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary["finals"].items()},
+    }
+    write_json_atomic(folder / "summary.json", lean)
+    write_figures(summary, folder / "figures")
+    if doc is not None and Path(doc).is_file():
+        content = Path(doc).read_text()
+        pattern = re.compile(MARKERS.format(name=re.escape(study.name)), re.DOTALL)
+        if pattern.search(content):
+            replaced = pattern.sub(lambda m: f"{m.group(1)}\n{text}\n{m.group(3)}", content, count=1)
+            write_text_atomic(doc, replaced)
+    return summary

@@ -1,0 +1,66 @@
+"""A whole study on a tiny model: sweeps, base, finals and the generation check, written once, resumed, summarised."""
+
+from __future__ import annotations
+
+import json
+
+from smoa.study import parse_study, run_study, write_summary
+from smoa.study.runner import load_results
+from tests.training.conftest import tiny_recipe_values
+
+
+def test_tiny_study_runs_resumes_and_summarises(tiny_model_dir, train_file, tmp_path):
+    recipe = tiny_recipe_values(
+        tiny_model_dir, train_file, tmp_path / "unused", max_steps=2, eval_steps=1, save_steps=1
+    )
+    recipe = {
+        k: v for k, v in recipe.items() if k not in ("output_dir", "method", "method_args", "learning_rate", "seed")
+    }
+    study = parse_study(
+        {
+            "name": "tiny",
+            "output_dir": str(tmp_path / "runs"),
+            "results_dir": str(tmp_path / "results"),
+            "recipe": recipe,
+            "arms": {
+                "smoa": {
+                    "method": "smoa",
+                    "learning_rates": [1e-3, 1e-2],
+                    "method_args": {"r": 4, "num_blocks": 2, "lora_alpha": 8, "lora_dropout": 0.0},
+                },
+                "lora": {"method": "lora", "learning_rates": [1e-4, 1e-3], "method_args": {"r": 2, "lora_alpha": 4}},
+            },
+            "ablations": {"smoa-identity": {"of": "smoa", "method_args": {"permutation": "identity"}}},
+            "seeds": [1, 2],
+            "extend_grid": 0,
+            "evaluation": {
+                "tasks": ["boolq", "piqa"],
+                "limit": 3,
+                "generate": {"arms": ["smoa"], "limit": 1, "seeds": [1]},
+            },
+            "bootstrap": 200,
+        }
+    )
+    ran = run_study(study, log=lambda *a: None)
+    results = load_results(study)
+    assert ran == len(results) == 4 + 1 + 6 + 1  # sweeps, base, finals (2 arms + ablation, 2 seeds), generation
+    final = results["final-smoa-seed1"]
+    assert final["learning_rate"] in (1e-3, 1e-2) and final["steps"] == 2 and final["tokens_seen"] > 0
+    assert [step for step, _ in final["val_loss_curve"]] == [1, 2]
+    assert final["examples"]["boolq"]["uids"] == results["final-lora-seed2"]["examples"]["boolq"]["uids"]
+    assert len(final["examples"]["piqa"]["correct"]) == 3
+    assert "examples" not in results["sweep-smoa-lr0.001"]  # the sweep never sees a test example
+    assert results["final-smoa-identity-seed1"]["method_args"]["permutation"] == "identity"
+    assert results["generate-smoa-seed1"]["examples"]["boolq"]["predictions"][0] is not None
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results" / "runs").iterdir()}
+    assert run_study(study, log=lambda *a: None) == 0  # resumed: nothing is run again
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results" / "runs").iterdir()}
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- study:tiny:begin (x) -->\nold\n<!-- study:tiny:end -->\noutro\n")
+    summary = write_summary(study, doc)
+    assert {c["a"] + "-" + c["b"] for c in summary["comparisons"]} >= {"smoa-lora"}
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "smoa − lora" in text
+    assert (tmp_path / "results" / "figures" / "accuracy.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert saved["finals"]["smoa"]["seeds"] == [1, 2]

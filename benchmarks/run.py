@@ -429,6 +429,9 @@ def ratio(rows: list[dict], key: str, num: str, den: str, **match) -> float:
     return pick(rows, key, num, **match) / pick(rows, key, den, **match)
 
 
+READING = "## Reading the numbers"
+
+
 def write_report(results: dict, path: str, command: str) -> None:
     lines = ["# Benchmark results", "", f"Command: `{command}`", ""]
     for section, other in results.get("commands", {}).items():
@@ -547,6 +550,11 @@ def write_report(results: dict, path: str, command: str) -> None:
                 f"{count['real_tokens']:,} real ones ({100 * share:.1f} % padding)"
             )
         lines.append(f"- |loss(full head) − loss(labelled head)| on one batch: {data['loss_gap']:.2e}")
+    if os.path.exists(path):  # the hand-written reading at the end of the report is kept
+        with open(path) as f:
+            previous = f.read()
+        if READING in previous:
+            lines += ["", READING + previous.split(READING, 1)[1].rstrip("\n")]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -29,14 +29,11 @@ COMMONSENSE_ORDER = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e"
 
 
 def accuracy_half_width(correct: Sequence[Sequence[int]]) -> float:
-    """Half-width (percentage points) of the normal 95 % interval of the mean over sets of per-set accuracies,
-    over the evaluated examples: ``1.96 · sqrt(Σ_s p_s (1 − p_s) / n_s) / S``."""
-    variance = 0.0
-    for values in correct:
-        n = len(values)
-        p = sum(values) / n
-        variance += p * (1 - p) / n
-    return 100 * 1.96 * math.sqrt(variance) / len(correct)
+    """Half-width (points) of the 95 % interval of the mean over sets of per-set accuracies, from 0/1 outcomes
+    (:func:`smoa.evaluation.intervals.mean_accuracy_half_width`)."""
+    from smoa.evaluation.intervals import mean_accuracy_half_width
+
+    return mean_accuracy_half_width([sum(v) / len(v) for v in correct], [len(v) for v in correct])
 
 
 def _aligned(results_a: list[dict], results_b: list[dict], datasets: Sequence[str]) -> tuple[np.ndarray, ...]:

@@ -51,8 +51,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def compare_table(results: list[TrainResult]) -> str:
-    """A markdown table, one row per method (means over seeds): accuracy per evaluated dataset and average,
-    trainable parameters and %, mean update rank, train time and peak memory."""
+    """A markdown table, one row per method (means over seeds): accuracy per evaluated dataset and average, the
+    half-width of one run's 95 % interval over its evaluated examples (mean over seeds), trainable parameters and
+    %, mean update rank, train time and peak memory."""
     by_method: dict[str, list[TrainResult]] = {}
     for r in results:
         by_method.setdefault(r.method, []).append(r)
@@ -70,6 +71,7 @@ def compare_table(results: list[TrainResult]) -> str:
     header = ["Method", "Seeds", *displays]
     if len(datasets) > 1:
         header.append("Avg")
+    header.append("±95%")
     header += ["Trainable", "Params%", "ΔW rank", "Train s", "Peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, runs in by_method.items():
@@ -81,6 +83,8 @@ def compare_table(results: list[TrainResult]) -> str:
             cells.append(_fmt(acc))
         if len(datasets) > 1:
             cells.append(_fmt(_mean(accs) if all(a is not None for a in accs) else None))
+        widths = [half_width_95(r, datasets) for r in runs]
+        cells.append("n/a" if None in widths else f"± {_mean(widths):.1f}")
         first = runs[0]
         cells += [
             f"{first.trainable_params:,}",
@@ -91,6 +95,21 @@ def compare_table(results: list[TrainResult]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def half_width_95(result: TrainResult, datasets: list[tuple[str, str]]) -> float | None:
+    """Half-width (points) of the 95 % interval of one run's mean accuracy over ``datasets``, over its evaluated
+    examples (:func:`smoa.evaluation.intervals.mean_accuracy_half_width`); None for non-accuracy metrics."""
+    from smoa.evaluation.intervals import mean_accuracy_half_width
+
+    accuracies, totals = [], []
+    for task, name in datasets:
+        summary = result.evaluation.get(task, {}).get("datasets", {}).get(name, {})
+        if summary.get("accuracy") is None or not summary.get("total"):
+            return None
+        accuracies.append(summary["accuracy"] / 100)
+        totals.append(summary["total"])
+    return mean_accuracy_half_width(accuracies, totals)
 
 
 def _metric(result: TrainResult, task: str, dataset: str) -> float | None:

@@ -13,13 +13,21 @@ def test_local_folder_is_loaded(tmp_path):
     from tokenizers import models as tok_models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"<unk>": 0, "</s>": 1},
-                                                                                        unk_token="<unk>")),
-                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(tok_models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>")),
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
     tokenizer.save_pretrained(tmp_path)
     model, loaded = models.load_model_and_tokenizer(str(tmp_path), dtype="bfloat16", device="cpu")
     assert model.dtype == torch.bfloat16 and not model.training

@@ -21,8 +21,14 @@ from smoa.assets import cache_dir, smollm2_gguf
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def default_model_dir(cache: str | os.PathLike[str] | None = None) -> Path:
@@ -31,8 +37,10 @@ def default_model_dir(cache: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _is_complete_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (
-        (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+    return (
+        (path / "config.json").is_file()
+        and any(path.glob("*.safetensors"))
+        and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
     )
 
 

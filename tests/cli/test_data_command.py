@@ -8,9 +8,11 @@ def test_data_show_prints_prompt_and_target(capsys):
     out = capsys.readouterr().out
     assert "BoolQ · eval · 3,270 records · template smoa" in out
     assert out.count("----- PROMPT -----") == 2
-    assert ("### Instruction:\nPlease answer the following question with true or false, question: does ethanol take "
-            "more energy make that produces?\n\nAnswer format: true/false\n\n### Response:\n\n----- TARGET -----\n"
-            "the correct answer is false\n") in out
+    assert (
+        "### Instruction:\nPlease answer the following question with true or false, question: does ethanol take "
+        "more energy make that produces?\n\nAnswer format: true/false\n\n### Response:\n\n----- TARGET -----\n"
+        "the correct answer is false\n"
+    ) in out
 
 
 def test_data_show_math_train_and_errors(capsys):

@@ -3,8 +3,12 @@
 import pytest
 from tests import tiny
 
-CORPUS = ["Below is an instruction that describes a task.", "### Instruction:", "### Response:",
-          "the correct answer is answer1 answer2 true false solution1 option2 ending3"]
+CORPUS = [
+    "Below is an instruction that describes a task.",
+    "### Instruction:",
+    "### Response:",
+    "the correct answer is answer1 answer2 true false solution1 option2 ending3",
+]
 
 
 def build_tiny_tokenizer(add_bos: bool = True):

@@ -7,8 +7,23 @@ from smoa.cli.main import main
 
 def test_eval_command_writes_json_and_prints_table(tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "result.json"
-    code = main(["eval", "--model", str(tiny_model_dir), "--task", "winogrande", "--limit", "4", "--method", "loglik",
-                 "--output", str(output), "--no-progress", "--predictions"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "winogrande",
+            "--limit",
+            "4",
+            "--method",
+            "loglik",
+            "--output",
+            str(output),
+            "--no-progress",
+            "--predictions",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| Model | WinoGrande |" in printed
@@ -19,8 +34,24 @@ def test_eval_command_writes_json_and_prints_table(tiny_model_dir, tmp_path, cap
 
 def test_eval_command_generation_path(tiny_model_dir, tmp_path):
     output = tmp_path / "gsm8k.json"
-    code = main(["eval", "--model", str(tiny_model_dir), "--task", "gsm8k", "--limit", "2", "--num-beams", "2",
-                 "--max-new-tokens", "3", "--output", str(output), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "gsm8k",
+            "--limit",
+            "2",
+            "--num-beams",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     summary = json.loads(output.read_text())["datasets"]["gsm8k"]
     assert summary["total"] == 2 and summary["size"] == 1319

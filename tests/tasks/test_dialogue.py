@@ -27,8 +27,10 @@ def test_parse_dialogues(data_dir):
     dialogues = dialogue.parse_parlai_file(data_dir / "valid_self_original_no_cands.txt")
     assert len(dialogues) == 2
     assert dialogues[0].persona == ["i like to remodel homes.", "i like to go hunting."]
-    assert dialogues[0].turns[1] == ("i am ! for my hobby i like to do canning .",
-                                     "i also remodel homes when i am not out bow hunting .")
+    assert dialogues[0].turns[1] == (
+        "i am ! for my hobby i like to do canning .",
+        "i also remodel homes when i am not out bow hunting .",
+    )
 
 
 def test_records_follow_hira_format(data_dir):
@@ -48,8 +50,9 @@ def test_records_follow_hira_format(data_dir):
 
 
 def test_merge_references():
-    records = dialogue.dialogue_records([dialogue.Dialogue(["p"], [("hi", "hello")]),
-                                         dialogue.Dialogue(["p"], [("hi", "hey there")])])
+    records = dialogue.dialogue_records(
+        [dialogue.Dialogue(["p"], [("hi", "hello")]), dialogue.Dialogue(["p"], [("hi", "hey there")])]
+    )
     [merged] = dialogue.merge_references(records)
     assert merged.references == ("hello", "hey there") and merged.output == "hello"
 

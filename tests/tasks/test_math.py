@@ -33,8 +33,14 @@ def test_user_gsm8k_file_errors(tmp_path):
 
 def test_metamathqa_file(tmp_path):
     path = tmp_path / "MetaMathQA-395K.json"
-    path.write_text(json.dumps([{"query": "What is 6 * 7?", "response": "6 * 7 = 42\nThe answer is: 42", "type": "x"},
-                                {"query": "Half of 3?", "response": "The answer is: 3/2"}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"query": "What is 6 * 7?", "response": "6 * 7 = 42\nThe answer is: 42", "type": "x"},
+                {"query": "Half of 3?", "response": "The answer is: 3/2"},
+            ]
+        )
+    )
     records = math_task.load_metamathqa(path)
     assert [r.answer for r in records] == ["42", "2"]
     path.write_text(json.dumps([{"query": "q"}]))
@@ -55,8 +61,13 @@ def test_gsm_symbolic_standin_is_seeded_and_in_metamath_style():
 
 @pytest.mark.parametrize(
     ("generated", "correct"),
-    [("so 18.\nThe answer is: 18", True), ("The answer is: 18.0", True), ("18", False), ("", False),
-     ("The answer is: 17", False)],
+    [
+        ("so 18.\nThe answer is: 18", True),
+        ("The answer is: 18.0", True),
+        ("18", False),
+        ("", False),
+        ("The answer is: 17", False),
+    ],
 )
 def test_is_correct(generated, correct):
     assert math_task.is_correct(generated, Record(instruction="q", output="", answer="18")) is correct

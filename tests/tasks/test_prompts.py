@@ -14,8 +14,9 @@ from smoa.tasks.prompts import (
 )
 from smoa.tasks.records import Record
 
-RECORD = Record(instruction="Pick one.\n\nAnswer format: true/false", output="the correct answer is true",
-                answer="true")
+RECORD = Record(
+    instruction="Pick one.\n\nAnswer format: true/false", output="the correct answer is true", answer="true"
+)
 
 
 def test_smoa_template_text():
@@ -85,8 +86,10 @@ def test_whole_sequence_loss(tiny_tokenizer):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_collate_pads_ids_labels_and_mask(side):
-    features = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "attention_mask": [1, 1, 1]},
-                {"input_ids": [8], "labels": [8], "attention_mask": [1]}]
+    features = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "attention_mask": [1, 1, 1]},
+        {"input_ids": [8], "labels": [8], "attention_mask": [1]},
+    ]
     batch = collate_for_training(features, pad_token_id=0, padding_side=side)
     assert batch["input_ids"].shape == (2, 3)
     expected_row = [8, 0, 0] if side == "right" else [0, 0, 8]

@@ -50,5 +50,9 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
     write_jsonl(tmp_path / "out" / "r.jsonl", [Record("i", "o", "a").to_json()])
     write_json(tmp_path / "out" / "r.json", {"x": 1})
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json", "r.jsonl"]
-    assert json.loads((tmp_path / "out" / "r.jsonl").read_text()) == {"instruction": "i", "input": "", "output": "o",
-                                                                      "answer": "a"}
+    assert json.loads((tmp_path / "out" / "r.jsonl").read_text()) == {
+        "instruction": "i",
+        "input": "",
+        "output": "o",
+        "answer": "a",
+    }

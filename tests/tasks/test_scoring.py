@@ -67,8 +67,9 @@ def test_bleu_identity_and_disjoint():
 
 def test_bleu_uses_all_references():
     single = scoring.bleu4(["i love my brown dog very much"], [["i love my cat so much today"]])
-    multi = scoring.bleu4(["i love my brown dog very much"], [["i love my cat so much today",
-                                                               "i love my brown dog very much"]])
+    multi = scoring.bleu4(
+        ["i love my brown dog very much"], [["i love my cat so much today", "i love my brown dog very much"]]
+    )
     assert multi == pytest.approx(100.0) and single < multi
 
 
@@ -124,16 +125,20 @@ def test_bertscore_with_a_local_encoder(tmp_path):
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "like", "dogs", "cats", "the"])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                          special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     tokenizer.save_pretrained(tmp_path)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
     BertModel(config).save_pretrained(tmp_path)
-    score = scoring.bertscore(["i like dogs", "the cats"], [["i like dogs"], ["i like dogs", "the cats"]],
-                              tmp_path, layer=2)
+    score = scoring.bertscore(
+        ["i like dogs", "the cats"], [["i like dogs"], ["i like dogs", "the cats"]], tmp_path, layer=2
+    )
     assert score["f1"] == pytest.approx(100.0, abs=1e-3)  # identical to one reference each
     other = scoring.bertscore(["cats cats"], [["i like dogs"]], tmp_path, layer=2)
     assert other["f1"] < 100.0

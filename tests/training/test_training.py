@@ -103,8 +103,11 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("group_by_length", [False, True])
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_model_dir, train_file, tmp_path, group_by_length):
-    common = dict(max_steps=8, method_args={"r": 4, "num_blocks": 2, "lora_alpha": 8, "lora_dropout": 0.1},
-                  group_by_length=group_by_length)
+    common = dict(
+        max_steps=8,
+        method_args={"r": 4, "num_blocks": 2, "lora_alpha": 8, "lora_dropout": 0.1},
+        group_by_length=group_by_length,
+    )
     straight = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "straight", **common)
     assert run_script(straight).returncode == 0
     killed = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "killed", **common)

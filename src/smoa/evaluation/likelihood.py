@@ -120,14 +120,17 @@ def predict_by_likelihood(
         contexts.append(prompt_token_ids(record, tokenizer, template))
         options = answer_labels(record)
         labels.append(options)
-        candidates.append([
-            tokenizer(
-                template.response(Record(instruction="", output=f"the correct answer is {label}", answer=label)),
-                add_special_tokens=False,
-            )["input_ids"]
-            for label in options
-        ])
+        candidates.append(
+            [
+                tokenizer(
+                    template.response(Record(instruction="", output=f"the correct answer is {label}", answer=label)),
+                    add_special_tokens=False,
+                )["input_ids"]
+                for label in options
+            ]
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = choice_log_likelihoods(model, contexts, candidates, pad, batch_size, progress)
-    return [options[max(range(len(options)), key=lambda k: row[k])] for options, row in zip(labels, scores,
-                                                                                           strict=True)]
+    return [
+        options[max(range(len(options)), key=lambda k: row[k])] for options, row in zip(labels, scores, strict=True)
+    ]

@@ -29,9 +29,18 @@ from smoa.tasks.scoring import dialogue_metrics, extract_choice, extract_metamat
 
 Method = Literal["generate", "loglik"]
 COMMONSENSE_COLUMNS = ("BoolQ", "PIQA", "SIQA", "HellaSwag", "WinoGrande", "ARC-e", "ARC-c", "OBQA")
-DIALOGUE_COLUMNS = (("bleu", "BLEU"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("f1", "F1"),
-                    ("distinct_1", "Dist-1"), ("distinct_2", "Dist-2"), ("bert_p", "BERT-P"), ("bert_r", "BERT-R"),
-                    ("bert_f1", "BERT-F1"), ("avg", "Avg"))
+DIALOGUE_COLUMNS = (
+    ("bleu", "BLEU"),
+    ("meteor", "METEOR"),
+    ("rouge_l", "ROUGE-L"),
+    ("f1", "F1"),
+    ("distinct_1", "Dist-1"),
+    ("distinct_2", "Dist-2"),
+    ("bert_p", "BERT-P"),
+    ("bert_r", "BERT-R"),
+    ("bert_f1", "BERT-F1"),
+    ("avg", "Avg"),
+)
 
 
 def subsample(records: Sequence[Record], limit: int | None, seed: int = 0) -> list[Record]:
@@ -119,8 +128,9 @@ def evaluate_records(
             ok = math_task.is_correct(text, record)
         no_answer += extracted is None
         correct += ok
-        predictions.append({"uid": record.uid, "prediction": text, "extracted": extracted, "answer": record.answer,
-                            "correct": ok})
+        predictions.append(
+            {"uid": record.uid, "prediction": text, "extracted": extracted, "answer": record.answer, "correct": ok}
+        )
     total = len(records)
     summary = {
         "display": spec.display,
@@ -137,10 +147,17 @@ def evaluate_records(
 def _score_dialogue(spec, records, texts, seconds, bertscore_model):
     references = [list(r.references or (r.output,)) for r in records]
     metrics = dialogue_metrics(texts, references, bertscore_model=bertscore_model)
-    predictions = [{"uid": r.uid, "prediction": t, "references": refs} for r, t, refs in
-                   zip(records, texts, references, strict=True)]
-    summary = {"display": spec.display, "metric": "dialogue", **metrics, "total": len(records),
-               "seconds": round(seconds, 2)}
+    predictions = [
+        {"uid": r.uid, "prediction": t, "references": refs}
+        for r, t, refs in zip(records, texts, references, strict=True)
+    ]
+    summary = {
+        "display": spec.display,
+        "metric": "dialogue",
+        **metrics,
+        "total": len(records),
+        "seconds": round(seconds, 2),
+    }
     return summary, predictions
 
 
@@ -167,8 +184,14 @@ def evaluate_task(
     (see :func:`smoa.tasks.load_eval_records`). ConvAI2 items are merged into multi-reference items first.
     """
     specs = resolve_tasks(task)
-    result: dict[str, Any] = {"task": task, "method": method, "template": template or specs[0].template,
-                              "limit": limit, "seed": seed, "datasets": {}}
+    result: dict[str, Any] = {
+        "task": task,
+        "method": method,
+        "template": template or specs[0].template,
+        "limit": limit,
+        "seed": seed,
+        "datasets": {},
+    }
     if method == "generate":
         beams = num_beams if num_beams is not None else specs[0].decoding.num_beams
         result["num_beams"] = beams
@@ -181,8 +204,17 @@ def evaluate_task(
         size = len(records)
         records = subsample(records, limit, seed)
         summary, predictions = evaluate_records(
-            model, tokenizer, spec, records, method=method, template=template, num_beams=num_beams,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, bertscore_model=bertscore_model,
+            model,
+            tokenizer,
+            spec,
+            records,
+            method=method,
+            template=template,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            bertscore_model=bertscore_model,
         )
         summary["size"] = size
         result["datasets"][spec.name] = summary

@@ -55,15 +55,24 @@ TASKS: dict[str, TaskSpec] = {
         for d in commonsense.DATASETS
     },
     "gsm8k": TaskSpec(
-        "gsm8k", "math", "GSM8K", "metamath",
+        "gsm8k",
+        "math",
+        "GSM8K",
+        "metamath",
         DecodingSettings(max_new_tokens=200, length_penalty=0.9, no_repeat_ngram_size=4),
-        "test", math_task.GSM8K_TEST_SIZE,
+        "test",
+        math_task.GSM8K_TEST_SIZE,
     ),
     "convai2": TaskSpec(
-        "convai2", "dialogue", "ConvAI2", "dialogue",
-        DecodingSettings(max_new_tokens=32, length_penalty=0.9, no_repeat_ngram_size=4,
-                         stop_strings=dialogue.STOP_STRINGS),
-        "test (ParlAI valid)", None,
+        "convai2",
+        "dialogue",
+        "ConvAI2",
+        "dialogue",
+        DecodingSettings(
+            max_new_tokens=32, length_penalty=0.9, no_repeat_ngram_size=4, stop_strings=dialogue.STOP_STRINGS
+        ),
+        "test (ParlAI valid)",
+        None,
     ),
 }
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -79,8 +79,17 @@ SMOA = PromptTemplate(
 DORA = PromptTemplate(
     name="dora",
     prompt_format=(
-        _HEADER + " \n\n" + _INDENT + "### Instruction:\n" + _INDENT + "{instruction}\n" + _INDENT + "\n"
-        + _INDENT + "### Response:\n" + _INDENT
+        _HEADER
+        + " \n\n"
+        + _INDENT
+        + "### Instruction:\n"
+        + _INDENT
+        + "{instruction}\n"
+        + _INDENT
+        + "\n"
+        + _INDENT
+        + "### Response:\n"
+        + _INDENT
     ),
     loss_on="all",
     max_length=256,

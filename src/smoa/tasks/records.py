@@ -76,9 +76,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
                     "this line"
                 ) from None
             if not isinstance(value, dict):
-                raise DataFormatError(
-                    f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
-                )
+                raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
             yield number, value
 
 

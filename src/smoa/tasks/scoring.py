@@ -192,8 +192,13 @@ def bertscore(
     def embed(texts: list[str]) -> list[torch.Tensor]:
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                              return_special_tokens_mask=True)
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                return_special_tokens_mask=True,
+            )
             special = batch.pop("special_tokens_mask")
             with torch.no_grad():
                 hidden = model(**batch, output_hidden_states=True).hidden_states[layer]

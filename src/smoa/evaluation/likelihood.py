@@ -12,9 +12,21 @@ from collections.abc import Sequence
 
 import torch
 
+from smoa.lm_head import selected_logits
 from smoa.tasks.commonsense import answer_labels
 from smoa.tasks.prompts import PromptTemplate, prompt_token_ids
 from smoa.tasks.records import Record
+
+
+def _log_probs_at(model, ids: torch.Tensor, mask: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """``log_softmax`` of the next-token logits at positions ``[start, stop)`` of each row: one ``(stop − start, V)``
+    float32 tensor per row. The LM head runs at those positions only (:func:`smoa.lm_head.selected_logits`)."""
+    device = next(model.parameters()).device
+    positions = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, (start, stop) in enumerate(spans):
+        positions[row, start:stop] = True
+    logits = selected_logits(model, ids.to(device), mask.to(device), positions.to(device)).float()
+    return list(torch.split(torch.log_softmax(logits, dim=-1), [stop - start for start, stop in spans]))
 
 
 @torch.no_grad()
@@ -26,7 +38,6 @@ def continuation_log_likelihoods(
     Sequences are right-padded into (B, L) batches sorted by length; token t of the continuation is scored from the
     logits at position ``len(context) + t - 1``.
     """
-    device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
     scores = [0.0] * len(pairs)
     for start in range(0, len(order), batch_size):
@@ -38,13 +49,10 @@ def continuation_log_likelihoods(
         for row, sequence in enumerate(sequences):
             ids[row, : len(sequence)] = torch.tensor(sequence)
             mask[row, : len(sequence)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        for row, index in enumerate(chunk):
-            context, continuation = pairs[index]
-            positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1, device=device)
-            targets = torch.tensor(list(continuation), device=device)
-            scores[index] = log_probs[row, positions, targets].sum().item()
+        spans = [(len(pairs[i][0]) - 1, len(pairs[i][0]) + len(pairs[i][1]) - 1) for i in chunk]
+        for index, log_probs in zip(chunk, _log_probs_at(model, ids, mask, spans), strict=True):
+            targets = torch.tensor(list(pairs[index][1]), device=log_probs.device)
+            scores[index] = log_probs[torch.arange(len(targets), device=log_probs.device), targets].sum().item()
         if progress is not None:
             progress(len(chunk))
     return scores
@@ -76,7 +84,6 @@ def choice_log_likelihoods(
             for k, option in enumerate(options):
                 fallback.append((context, option))
                 fallback_owner.append((item, k))
-    device = next(model.parameters()).device
     with torch.no_grad():
         shared_rows.sort(key=lambda row: len(row[1]), reverse=True)
         for start in range(0, len(shared_rows), batch_size):
@@ -87,15 +94,11 @@ def choice_log_likelihoods(
             for row, (_, sequence) in enumerate(chunk):
                 ids[row, : len(sequence)] = torch.tensor(sequence)
                 mask[row, : len(sequence)] = 1
-            log_probs = torch.log_softmax(
-                model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
-            )
-            for row, (item, sequence) in enumerate(chunk):
-                context_length = len(contexts[item])
-                prefix = sequence[context_length:]
-                positions = torch.arange(context_length - 1, len(sequence) - 1, device=device)
-                prefix_score = log_probs[row, positions, torch.tensor(prefix, device=device)].sum().item()
-                last = log_probs[row, len(sequence) - 1]
+            spans = [(len(contexts[item]) - 1, len(sequence)) for item, sequence in chunk]
+            for (item, sequence), log_probs in zip(chunk, _log_probs_at(model, ids, mask, spans), strict=True):
+                prefix = torch.tensor(sequence[len(contexts[item]) :], dtype=torch.long, device=log_probs.device)
+                prefix_score = log_probs[torch.arange(len(prefix), device=log_probs.device), prefix].sum().item()
+                last = log_probs[-1]
                 for k, option in enumerate(candidates[item]):
                     scores[item][k] = prefix_score + last[option[-1]].item()
             if progress is not None:

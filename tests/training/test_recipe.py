@@ -11,6 +11,12 @@ RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
+    if path.name.startswith("study-"):  # a study file: its shared training recipe is checked by load_study
+        from smoa.study import load_study
+
+        study = load_study(str(path))
+        assert set(study.primary) <= set(study.arms) and study.recipe.task == "commonsense"
+        return
     recipe = load_recipe(str(path))
     assert recipe.name and recipe.task in ("commonsense", "math", "dialogue")
 
@@ -76,3 +82,13 @@ def test_cli_reports_bad_input_in_one_line(capsys, tmp_path):
     assert main(["train", "--set", "learning_rat=1"]) == 2
     assert "did you mean 'learning_rate'" in capsys.readouterr().err
     assert main(["compare", "--methods", "smoa,nosuch"]) == 2
+
+
+def test_fingerprint_ignores_keys_at_their_default_and_output_options():
+    base = load_recipe(None, learning_rate=1e-3, max_steps=10)
+    assert (
+        base.fingerprint() == load_recipe(None, learning_rate=1e-3, max_steps=10, group_by_length=False).fingerprint()
+    )
+    assert base.fingerprint() == load_recipe(None, learning_rate=1e-3, max_steps=10, output_dir="x").fingerprint()
+    assert base.fingerprint() != load_recipe(None, learning_rate=1e-3, max_steps=10, group_by_length=True).fingerprint()
+    assert base.fingerprint() != load_recipe(None, learning_rate=2e-3, max_steps=10).fingerprint()

@@ -152,7 +152,10 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of what determines the training result (not output/logging/evaluation options)."""
+        """Hash of what determines the training result (not output/logging/evaluation options).
+
+        Keys at their default value are left out, so a key added to the recipe later (at a default that keeps the
+        old behaviour) does not change the fingerprint of runs made before it existed."""
         ignored = {
             "output_dir",
             "progress",
@@ -167,7 +170,11 @@ class Recipe:
             "eval_data_dir",
             "name",
         }
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        defaults = {
+            f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(self)
+        }
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ignored and v != defaults[k]}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -117,6 +117,20 @@ def test_task_order_sweeps_first_then_finals_at_the_chosen_rate(tmp_path):
     assert order[0].id == "base" and not any(t.variant == "hira" and t.kind == "final" for t in order)
 
 
+def test_a_diverged_sweep_run_ranks_last_and_is_shown(tmp_path):
+    study = parse_study(study_data(tmp_path, extend_grid=0))
+    fake_result(study, Task("sweep", "smoa", 1e-3, 0), 0.9)
+    fake_result(study, Task("sweep", "smoa", 1e-2, 0), None)
+    results = load_results(study)
+    results["sweep-smoa-lr0.01"]["diverged"] = "training diverged at step 3"
+    (tmp_path / "results" / "runs" / "sweep-smoa-lr0.01.json").write_text(json.dumps(results["sweep-smoa-lr0.01"]))
+    summary = summarize(study)
+    assert summary["sweeps"]["smoa"]["chosen"] == 1e-3 and summary["sweeps"]["smoa"]["diverged"] == [1e-2]
+    from smoa.study.summary import summary_markdown
+
+    assert "0.01: diverged" in summary_markdown(summary)
+
+
 def test_a_finished_run_that_no_longer_matches_the_study_is_refused(tmp_path):
     study = parse_study(study_data(tmp_path))
     task = Task("sweep", "smoa", 1e-3, 0)

@@ -53,11 +53,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from smoa.methods import BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
     from smoa.training.checkpoints import CheckpointError
     from smoa.training.recipe import RecipeError
-    from smoa.training.trainer import RunDirError
+    from smoa.training.trainer import NonFiniteError, RunDirError
 
     return (
         RecipeError,
         RunDirError,
+        NonFiniteError,
         CheckpointError,
         UnknownMethodError,
         BudgetUnreachableError,

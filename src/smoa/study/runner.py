@@ -214,9 +214,28 @@ def evaluate_adapter(study: Study, adapter_dir: str | None, generate: bool = Fal
     return out
 
 
+def diverged_result(run_dir: Path, error: Exception) -> dict[str, Any]:
+    """What a sweep records of a diverged run: its validation losses before divergence, and no best loss (so the
+    rate ranks last)."""
+    curve = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            if "eval_loss" in row and math.isfinite(row["eval_loss"]):
+                curve.append((row["step"], row["eval_loss"]))
+    return {
+        "diverged": str(error),
+        "steps": getattr(error, "step", None),
+        "val_loss_curve": curve,
+        "best_val_loss": None,
+        "adapter_dir": None,
+    }
+
+
 def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: Callable[[str], None] = print):
     """Run one task and write its JSON; returns the JSON."""
-    from smoa.training.trainer import run_training
+    from smoa.training.trainer import NonFiniteError, run_training
 
     started = time.time()
     record: dict[str, Any] = {
@@ -242,7 +261,13 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
             trained = json.loads(finished.read_text())
         else:
             resume = (run_dir / "run.json").is_file()
-            trained = run_training(recipe, resume=resume, log=log).__dict__
+            try:
+                trained = run_training(recipe, resume=resume, log=log).__dict__
+            except NonFiniteError as error:
+                if task.kind != "sweep":
+                    raise  # a final run diverging at the rate its sweep chose needs a look, not a silent row
+                log(f"{task.id}: {error}")
+                trained = diverged_result(run_dir, error)
         record.update(
             method=recipe.method,
             learning_rate=recipe.learning_rate,
@@ -253,7 +278,7 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
             **{k: trained.get(k) for k in (
                 "adapter_dir", "settings", "trainable_params", "params_percent", "train_examples", "steps",
                 "tokens_seen", "train_seconds", "peak_memory_mib", "best_checkpoint", "final_train_loss",
-                "best_val_loss", "update_rank", "val_loss_curve",
+                "best_val_loss", "update_rank", "val_loss_curve", "diverged",
             )},
         )  # fmt: skip
         if task.kind == "final":

@@ -122,6 +122,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "final_val_loss": [r["val_loss_curve"][-1][1] if r["val_loss_curve"] else None for r in rows],
             "curves": {rate_label(r["learning_rate"]): r["val_loss_curve"] for r in rows},
             "extensions": [r["learning_rate"] for r in rows if r.get("extension")],
+            "diverged": [r["learning_rate"] for r in rows if r.get("diverged")],
             "chosen": chosen,
             "complete": not pending,
         }
@@ -211,7 +212,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["### Learning-rate sweep (validation loss, lowest over the run; seed of the sweep)", ""]
         for arm, sweep in summary["sweeps"].items():
             cells = [
-                f"{rate:.3g}: {_f(loss, 4)}" + (" (extension)" if rate in sweep["extensions"] else "")
+                f"{rate:.3g}: {'diverged' if rate in sweep['diverged'] else _f(loss, 4)}"
+                + (" (extension)" if rate in sweep["extensions"] else "")
                 for rate, loss in zip(sweep["rates"], sweep["best_val_loss"], strict=True)
             ]
             chosen = f"**{sweep['chosen']:.3g}**" if sweep["chosen"] is not None else "pending"

@@ -96,16 +96,17 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def latest_valid_checkpoint(run_dir: str | os.PathLike[str], warn=print) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (killed mid-write) are skipped with a note.
-
-    Raises:
-        CheckpointError: the newest complete checkpoint has a corrupted file.
-    """
+    """The newest intact checkpoint (complete and matching its manifest); newer ones that are incomplete (killed
+    mid-write) or corrupted are skipped, each with a note saying why. None when no checkpoint is intact."""
     for checkpoint in reversed(list_checkpoints(run_dir)):
         if not (checkpoint / MANIFEST).is_file():
             warn(f"skipping {checkpoint}: incomplete (interrupted while being written)")
             continue
-        verify_checkpoint(checkpoint)
+        try:
+            verify_checkpoint(checkpoint)
+        except CheckpointError as error:
+            warn(f"skipping {checkpoint}: {error}")
+            continue
         return checkpoint
     return None
 

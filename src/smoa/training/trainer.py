@@ -6,7 +6,9 @@ configs in ``configs/accelerate/``) and Trainer shards the data and averages the
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import shutil
 import sys
@@ -32,7 +34,22 @@ TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialog
 
 
 class RunDirError(RuntimeError):
-    """The output folder holds another run."""
+    """The output folder holds another run, or another process is using it."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient: the run diverged."""
+
+    def __init__(self, step: int, what: str, run_dir: str | os.PathLike[str], learning_rate: float) -> None:
+        from .checkpoints import list_checkpoints
+
+        kept = list_checkpoints(run_dir)
+        newest = f"; checkpoints before it are intact (newest {kept[-1].name})" if kept else ""
+        super().__init__(
+            f"training diverged at step {step}: {what} is not finite (learning_rate={learning_rate:g}){newest}; "
+            "no adapter was written. Lower learning_rate (or warm up longer) and start again"
+        )
+        self.step = step
 
 
 @dataclass
@@ -120,15 +137,66 @@ def build_model(recipe: Recipe):
 
 
 # ------------------------------------------------------------------------------------------------ run folder
+LOCK_FILE = ".smoa.lock"
+_LOCKS: dict[str, int] = {}  # run folder → the open, flock-ed lock file of this process
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take the run folder's exclusive lock (``flock`` on ``.smoa.lock``, which records the holder's pid).
+
+    The kernel drops the lock when its process dies, so a lock left by a killed run never blocks the next one.
+
+    Raises:
+        RunDirError: another live process holds it (named by its pid).
+    """
+    key = str(run_dir.resolve())
+    if key in _LOCKS:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirError(
+            f"run folder {run_dir} is in use by process {holder}; wait for it to finish, or stop it and resume"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    fd = _LOCKS.pop(str(run_dir.resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
-    """Create or check the run folder: never mix two runs in one folder, never delete one silently."""
+    """Create or check the run folder and take its lock: never mix two runs (or two processes) in one folder,
+    never delete one silently."""
     run_dir = Path(recipe.run_dir)
     run_file = run_dir / RUN_FILE
     if int(os.environ.get("RANK", "0")) != 0:
         return run_dir  # in a distributed launch the main process checks and creates the folder
-    if run_dir.exists() and any(run_dir.iterdir()):
+    existed = run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    lock_run_dir(run_dir)
+    try:
+        _check_run_dir(recipe, run_dir, run_file, existed, resume, overwrite)
+    except BaseException:
+        unlock_run_dir(run_dir)
+        raise
+    return run_dir
+
+
+def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool, resume: bool, overwrite: bool):
+    if existed:
         if overwrite:
-            shutil.rmtree(run_dir)
+            for child in run_dir.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif not run_file.is_file():
             raise RunDirError(
                 f"output folder {run_dir} is not empty and holds no smoa run ({RUN_FILE}); choose another "
@@ -146,10 +214,8 @@ def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
                     f"output folder {run_dir} already holds this run; pass --resume to continue it or --overwrite "
                     "to start again"
                 )
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not run_file.is_file():
         write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
-    return run_dir
 
 
 def peak_memory_reset() -> None:
@@ -184,6 +250,24 @@ def _trainer_classes():
     class SMoATrainer(Trainer):
         """Trainer whose checkpoints carry a manifest written last (see :mod:`.checkpoints`), and whose loss applies
         the LM head only at labelled positions (:func:`smoa.lm_head.causal_lm_loss`: the same loss and gradients)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                step = self.state.global_step + 1
+                raise NonFiniteError(
+                    step, f"the training loss ({loss.item()})", self.args.output_dir, self.args.learning_rate
+                )
+            return loss
+
+        def _load_best_model(self):
+            # the best checkpoint is read like any other: verified against its manifest first
+            best = Path(self.state.best_model_checkpoint)
+            if not best.is_dir():  # the run folder was moved: the checkpoint keeps its name inside it
+                best = Path(self.args.output_dir) / best.name
+                self.state.best_model_checkpoint = str(best)
+            verify_checkpoint(best)
+            super()._load_best_model()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             from smoa.lm_head import causal_lm_loss, supports_selected_logits
@@ -220,7 +304,24 @@ def _trainer_classes():
                 with open(self.path, "a") as f:
                     f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
-    return SMoATrainer, MetricsLog
+    class NonFiniteGuard(TrainerCallback):
+        """Stops the run at the first non-finite gradient or validation loss, naming the step."""
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            for name, param in model.named_parameters():
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    raise NonFiniteError(
+                        state.global_step + 1, f"the gradient of {name}", args.output_dir, args.learning_rate
+                    )
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteError(
+                    state.global_step, f"the validation loss ({loss})", args.output_dir, args.learning_rate
+                )
+
+    return SMoATrainer, MetricsLog, NonFiniteGuard
 
 
 def training_arguments(recipe: Recipe, run_dir: Path):
@@ -270,6 +371,7 @@ def training_arguments(recipe: Recipe, run_dir: Path):
         include_num_input_tokens_seen="non_padding",
         greater_is_better=False,
         logging_steps=recipe.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and stops the run), never averaged away
         report_to=report_to,
         disable_tqdm=not recipe.progress,
         remove_unused_columns=False,
@@ -298,10 +400,18 @@ def run_training(
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
     from smoa.methods import get_method
-    from smoa.tasks.prompts import collate_for_training
 
     get_method(recipe.method)  # an unknown name fails here, listing the known ones, before anything is loaded
     run_dir = prepare_run_dir(recipe, resume or resume_from is not None, overwrite)
+    try:
+        return _train_in(run_dir, recipe, resume, resume_from, callbacks, log)
+    finally:
+        unlock_run_dir(run_dir)
+
+
+def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callbacks, log) -> TrainResult:
+    from smoa.tasks.prompts import collate_for_training
+
     checkpoint = None
     if resume_from is not None:
         verify_checkpoint(resume_from)
@@ -320,7 +430,7 @@ def run_training(
         f"{recipe.method}: {plan.trainable_params:,} trainable parameters ({plan.params_percent:.4f}%), "
         f"{len(train_set):,} training / {len(val_set):,} validation examples"
     )
-    SMoATrainer, MetricsLog = _trainer_classes()
+    SMoATrainer, MetricsLog, NonFiniteGuard = _trainer_classes()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = SMoATrainer(
         model=model,
@@ -328,14 +438,19 @@ def run_training(
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=lambda features: collate_for_training(features, pad),
-        callbacks=[MetricsLog(run_dir / "metrics.jsonl"), *(callbacks or [])],
+        callbacks=[MetricsLog(run_dir / "metrics.jsonl"), NonFiniteGuard(), *(callbacks or [])],
     )
     peak_memory_reset()
     started = time.perf_counter()
-    try:
+    total = total_steps(trainer)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= total:
+        # the run had reached its last step (killed before the adapter was written, or resumed when finished):
+        # training again would add steps past max_steps; finish from the checkpoints instead
+        log(f"{checkpoint} is the run's last step ({total}); nothing left to train, finishing the run")
+        finish_from_checkpoint(trainer, Path(checkpoint))
+        output = None
+    else:
         output = trainer.train(resume_from_checkpoint=checkpoint)
-    except CheckpointError:
-        raise
     train_seconds = time.perf_counter() - started
     peak = peak_memory_mib()
     adapter_dir = run_dir / "adapter"
@@ -356,7 +471,7 @@ def run_training(
         train_seconds=round(train_seconds, 2),
         peak_memory_mib=None if peak is None else round(peak, 1),
         best_checkpoint=trainer.state.best_model_checkpoint,
-        final_train_loss=train_losses[-1] if train_losses else output.training_loss,
+        final_train_loss=train_losses[-1] if train_losses else (output.training_loss if output else None),
         best_val_loss=min(val_losses) if val_losses else None,
         tokens_seen=int(trainer.state.num_input_tokens_seen) or None,
         val_loss_curve=[(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
@@ -368,6 +483,46 @@ def run_training(
     if trainer.args.should_save:
         write_json_atomic(run_dir / "results.json", result.__dict__)
     return result
+
+
+def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
+    """The optimizer step a Trainer checkpoint was written at (its ``trainer_state.json``)."""
+    path = Path(checkpoint) / "trainer_state.json"
+    try:
+        return int(json.loads(path.read_text())["global_step"])
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint state {path} is unreadable ({err}); the checkpoint is corrupted") from err
+
+
+def total_steps(trainer) -> int:
+    """The optimizer steps the run makes in all: ``max_steps``, or epochs × update steps per epoch as the Trainer
+    computes them."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = len(trainer.get_train_dataloader())
+    per_epoch = max(
+        batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1
+    )
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def finish_from_checkpoint(trainer, checkpoint: Path) -> None:
+    """Take the state of a run that reached its last step from ``checkpoint`` and load its best adapter (both
+    verified), as the end of :meth:`Trainer.train` would."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = Path(trainer.state.best_model_checkpoint or checkpoint)
+    if not best.is_dir():
+        best = Path(trainer.args.output_dir) / best.name
+    verify_checkpoint(best)
+    weights = best / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {best} holds no adapter_model.safetensors; it cannot be finished from")
+    set_peft_model_state_dict(trainer.model, load_file(str(weights)))
 
 
 def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:

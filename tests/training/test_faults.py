@@ -1,0 +1,115 @@
+"""Faults a careful user runs into: resuming at the last step, a corrupted best checkpoint, divergence, two
+processes on one run folder. Each is detected and named; nothing wrong is written as a result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smoa.training import load_recipe, run_training
+from smoa.training.checkpoints import CheckpointError, list_checkpoints
+from smoa.training.trainer import NonFiniteError, RunDirError
+
+from .conftest import tiny_recipe_values
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_resuming_a_run_at_its_last_step_trains_no_further(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=4, lr_scheduler="constant")
+    first = run_training(load_recipe(None, **values), log=quiet)
+    want = adapter(tmp_path / "run")
+    steps_before = [p.name for p in list_checkpoints(tmp_path / "run")]
+    # a kill between the last checkpoint and the adapter: the adapter folder is gone, the last checkpoint remains
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "adapter")
+    (tmp_path / "run" / "results.json").unlink()
+    notes = []
+    again = run_training(load_recipe(None, **values), resume=True, log=notes.append)
+    assert again.steps == first.steps == 4
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == steps_before  # no checkpoint-5
+    assert any("nothing left to train" in n for n in notes)
+    got = adapter(tmp_path / "run")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert again.best_checkpoint == first.best_checkpoint and again.best_val_loss == first.best_val_loss
+    # and --resume of the finished run changes nothing either
+    third = run_training(load_recipe(None, **values), resume=True, log=quiet)
+    assert third.steps == 4 and [p.name for p in list_checkpoints(tmp_path / "run")] == steps_before
+
+
+def test_a_corrupted_best_checkpoint_is_named_not_loaded(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=6, keep_last=1)
+
+    from transformers import TrainerCallback
+
+    class CorruptBest(TrainerCallback):  # flips a byte of the best checkpoint's weights once it is complete
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 6 and state.best_model_checkpoint:
+                weights = Path(state.best_model_checkpoint) / "adapter_model.safetensors"
+                data = bytearray(weights.read_bytes())
+                data[-3] ^= 0x55
+                weights.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors is corrupted"):
+        run_training(load_recipe(None, **values), callbacks=[CorruptBest()], log=quiet)
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+@pytest.mark.parametrize("learning_rate", [1e6])
+def test_divergence_stops_the_run_naming_the_step(tiny_model_dir, train_file, tmp_path, learning_rate):
+    values = tiny_recipe_values(
+        tiny_model_dir,
+        train_file,
+        tmp_path / "run",
+        max_steps=6,
+        learning_rate=learning_rate,
+        max_grad_norm=0.0,
+        method_args={"r": 4, "num_blocks": 2, "lora_alpha": 1e6},
+    )
+    with pytest.raises(NonFiniteError, match=r"training diverged at step \d+: .* is not finite") as caught:
+        run_training(load_recipe(None, **values), log=quiet)
+    assert caught.value.step >= 1
+    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "results.json").exists()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row.get("loss") != 0.0 for row in logged)  # a NaN is never logged as 0
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tiny_model_dir, train_file, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
+    recipe = load_recipe(None, **values)
+    holder = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parents[2] / "src")!r})
+        from smoa.training import load_recipe
+        from smoa.training.trainer import prepare_run_dir
+        lock = prepare_run_dir(load_recipe(None, **{values!r}), False, False)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=rf"in use by process {process.pid}"):
+            run_training(recipe, resume=True, log=quiet)
+    finally:
+        process.kill()
+        process.wait()
+    # the holder died without unlocking (SIGKILL): its stale lock does not block the next run
+    result = run_training(recipe, resume=True, log=quiet)
+    assert result.steps == 2

@@ -64,3 +64,33 @@ def test_tiny_study_runs_resumes_and_summarises(tiny_model_dir, train_file, tmp_
     assert (tmp_path / "results" / "figures" / "accuracy.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert saved["finals"]["smoa"]["seeds"] == [1, 2]
+
+
+def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir, train_file, tmp_path):
+    import yaml
+
+    data = yaml.safe_load(open("recipes/study-gpu.yaml"))
+    assert data["recipe"]["precision"] == "bf16" and data["evaluation"]["limit"] is None
+    data["recipe"].update(
+        model=str(tiny_model_dir),
+        train_file=str(train_file),
+        precision="fp32",
+        epochs=1,
+        val_size=4,
+        eval_steps=2,
+        save_steps=2,
+        warmup_steps=0,
+        batch_size=4,
+        micro_batch_size=4,
+    )
+    data.update(output_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))
+    for arm in data["arms"].values():  # the tiny model's layers are 32 wide
+        arm["method_args"] = {
+            **arm.get("method_args", {}),
+            "r": 4,
+            **({"num_blocks": 2} if arm["method"] == "smoa" else {}),
+        }
+    study = parse_study(data)
+    assert run_study(study, log=lambda *a: None, max_tasks=2) == 2
+    first = load_results(study)["sweep-smoa-lr0.001"]
+    assert first["steps"] == 11 and first["recipe"]["epochs"] == 1.0  # one epoch of the 44 training examples

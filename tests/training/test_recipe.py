@@ -92,3 +92,46 @@ def test_fingerprint_ignores_keys_at_their_default_and_output_options():
     assert base.fingerprint() == load_recipe(None, learning_rate=1e-3, max_steps=10, output_dir="x").fingerprint()
     assert base.fingerprint() != load_recipe(None, learning_rate=1e-3, max_steps=10, group_by_length=True).fingerprint()
     assert base.fingerprint() != load_recipe(None, learning_rate=2e-3, max_steps=10).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_steps": -5}, r"max_steps=-5 is invalid: it must be >= 1 \(or -1\)"),
+        ({"max_steps": 0}, r"max_steps=0 is invalid"),
+        ({"epochs": -1}, r"epochs=-1 is invalid: it must be > 0"),
+        ({"learning_rate": True}, r"learning_rate=True is invalid: it must be a finite number"),
+        ({"learning_rate": float("nan")}, r"learning_rate=nan is invalid"),
+        ({"max_steps": "ten"}, r"max_steps='ten' is invalid: it must be an integer"),
+        ({"seed": "abc"}, r"seed='abc' is invalid: it must be an integer"),
+        ({"warmup_steps": -3}, r"warmup_steps=-3 is invalid: it must be >= 0"),
+        ({"dtype": "float8"}, r"dtype='float8' is invalid: it must be one of float32, bfloat16, float16"),
+        ({"keep_last": "2"}, r"keep_last='2' is invalid: it must be an integer"),
+        ({"group_by_length": "yes"}, r"group_by_length='yes' is invalid: it must be true or false"),
+        ({"target_modules": [1, 2]}, r"target_modules=\[1, 2\] is invalid: it must be a list of strings"),
+        ({"method_args": [1]}, r"method_args=\[1\] is invalid: it must be a mapping"),
+    ],
+)
+def test_every_key_is_checked_for_type_and_range(values, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, **values)
+
+
+def test_values_are_normalised_and_the_help_states_each_rule():
+    recipe = load_recipe(None, learning_rate="1e-3", epochs=2, eval_tasks="boolq", max_steps=-1)
+    assert recipe.learning_rate == 1e-3 and isinstance(recipe.epochs, float) and recipe.eval_tasks == ["boolq"]
+    from smoa.training.recipe import recipe_help
+
+    text = recipe_help()
+    assert "max_steps" in text and ">= 1 (or -1)" in text and "one of float32, bfloat16, float16" in text
+
+
+def test_method_args_the_method_does_not_take_are_named(tiny_model_dir, train_file, tmp_path):
+    from smoa.training import run_training
+
+    from .conftest import tiny_recipe_values
+
+    for args, message in (({"r": 0, "num_blocks": 2}, "r=0 is invalid"), ({"r": 4, "colour": 1}, "'colour'")):
+        values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", method_args=args)
+        with pytest.raises(RecipeError, match=rf"method_args=.* is invalid for method 'smoa': .*{message}"):
+            run_training(load_recipe(None, **values), overwrite=True, log=lambda *a: None)

@@ -261,6 +261,7 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
             trained = json.loads(finished.read_text())
         else:
             resume = (run_dir / "run.json").is_file()
+            record["resumed"] = resume  # train_seconds then counts the resumed part only
             try:
                 trained = run_training(recipe, resume=resume, log=log).__dict__
             except NonFiniteError as error:

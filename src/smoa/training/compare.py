@@ -23,14 +23,14 @@ def run_compare(
     overwrite: bool = False,
     log=print,
 ) -> list[TrainResult]:
-    """Train and evaluate ``recipe`` once per method and seed, each in ``<run_dir>/<method>-seed<seed>``."""
+    """Train and evaluate ``recipe`` once per method and seed, each in ``<run_dir>/<method>-seed<seed>``, each method
+    at its rate from ``recipe.method_learning_rates`` (else ``recipe.learning_rate``)."""
     results = []
     for method in methods:
         for seed in seeds:
             name = f"{method}-seed{seed}"
             run = dataclasses.replace(
-                recipe,
-                method=method,
+                recipe.for_method(method),
                 seed=seed,
                 name=f"{recipe.name}-{name}",
                 output_dir=os.path.join(recipe.run_dir, name),
@@ -68,14 +68,15 @@ def compare_table(results: list[TrainResult]) -> str:
         next(r.evaluation[t]["datasets"][d].get("display", d) for r in results if t in r.evaluation)
         for t, d in datasets
     ]
-    header = ["Method", "Seeds", *displays]
+    header = ["Method", "lr", "Seeds", *displays]
     if len(datasets) > 1:
         header.append("Avg")
     header.append("±95%")
     header += ["Trainable", "Params%", "ΔW rank", "Train s", "Peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, runs in by_method.items():
-        cells: list[str] = [method, str(len(runs))]
+        rates = sorted({r.learning_rate for r in runs if r.learning_rate is not None})
+        cells: list[str] = [method, "/".join(f"{rate:g}" for rate in rates) or "n/a", str(len(runs))]
         accs = []
         for task, name in datasets:
             acc = _mean([_metric(r, task, name) for r in runs])

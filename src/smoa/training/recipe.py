@@ -6,7 +6,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +59,10 @@ class Recipe:
     epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    method_learning_rates: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "Per-method peak learning rates for `smoa compare`, e.g. {smoa: 1e-2, lora: 1e-3}."},
+    )
     batch_size: int = field(default=32, metadata={"help": "Global batch size (examples per optimizer step)."})
     micro_batch_size: int = field(
         default=8, metadata={"help": "Examples per forward pass and device; accumulation makes up the batch size."}
@@ -102,47 +109,21 @@ class Recipe:
     )
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), _HINTS[f.name], RULES.get(f.name)))
+
         def bad(key: str, rule: str) -> RecipeError:
             return RecipeError(f"recipe key {key}={getattr(self, key)!r} is invalid: {rule}")
 
-        # YAML 1.1 reads `1e-3` (no dot) as a string; numbers are meant
-        for key in ("learning_rate", "weight_decay", "epochs", "max_grad_norm"):
-            value = getattr(self, key)
-            if isinstance(value, str):
-                try:
-                    setattr(self, key, float(value))
-                except ValueError:
-                    raise bad(key, "must be a number") from None
-
-        if self.task not in ("commonsense", "math", "dialogue"):
-            raise bad("task", "choose commonsense, math or dialogue")
-        if self.budget not in ("paper", "matched"):
-            raise bad("budget", "choose 'paper' or 'matched'")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise bad("precision", "choose fp32, bf16 or fp16")
-        if self.eval_method not in ("generate", "loglik"):
-            raise bad("eval_method", "choose 'generate' or 'loglik'")
-        if self.loss_on not in (None, "response", "all"):
-            raise bad("loss_on", "choose 'response' or 'all'")
-        for key in ("batch_size", "micro_batch_size", "eval_steps", "save_steps", "logging_steps", "eval_batch_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise bad(key, "must be an integer >= 1")
+        for method, rate in self.method_learning_rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 or not math.isfinite(rate):
+                raise RecipeError(
+                    f"recipe key method_learning_rates.{method}={rate!r} is invalid: it must be a positive number"
+                )
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"must be a multiple of micro_batch_size={self.micro_batch_size}")
         if self.save_steps % self.eval_steps:
             raise bad("save_steps", f"must be a multiple of eval_steps={self.eval_steps} (best checkpoint by loss)")
-        if self.learning_rate <= 0:
-            raise bad("learning_rate", "must be > 0")
-        if self.keep_last < 1:
-            raise bad("keep_last", "must be >= 1")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise bad("train_limit", "must be >= 1 or null")
-        if self.val_size < 1:
-            raise bad("val_size", "must be >= 1 (the best checkpoint is chosen by validation loss)")
-        if not isinstance(self.method_args, dict):
-            raise bad("method_args", "must be a mapping, e.g. {r: 16}")
-        if isinstance(self.eval_tasks, str):
-            self.eval_tasks = [self.eval_tasks]
 
     @property
     def run_dir(self) -> str:
@@ -150,6 +131,11 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_method(self, method: str) -> Recipe:
+        """This recipe for ``method``: its learning rate from ``method_learning_rates`` when listed there."""
+        rate = float(self.method_learning_rates.get(method, self.learning_rate))
+        return dataclasses.replace(self, method=method, learning_rate=rate, method_learning_rates={})
 
     def fingerprint(self) -> str:
         """Hash of what determines the training result (not output/logging/evaluation options).
@@ -179,14 +165,138 @@ class Recipe:
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
+_HINTS = typing.get_type_hints(Recipe)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a recipe value must be besides its type: one of ``choices``, or ≥ ``min`` (> ``above``); ``or_value``
+    is one more allowed value (``max_steps: -1``)."""
+
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    above: float | None = None
+    or_value: Any = None
+
+    def text(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.above is not None:
+            parts.append(f"> {self.above:g}")
+        text = " and ".join(parts)
+        return f"{text} (or {self.or_value})" if self.or_value is not None else text
+
+    def holds(self, value: Any) -> bool:
+        if value is None or (self.or_value is not None and value == self.or_value):
+            return True
+        if self.choices is not None:
+            return value in self.choices
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.above is not None and not value > self.above)
+
+
+STEPS = Rule(min=1)
+RULES: dict[str, Rule] = {
+    "dtype": Rule(choices=("float32", "bfloat16", "float16")),
+    "budget": Rule(choices=("paper", "matched")),
+    "target_params": STEPS,
+    "task": Rule(choices=("commonsense", "math", "dialogue")),
+    "train_limit": STEPS,
+    "val_size": STEPS,
+    "template": Rule(choices=("smoa", "dora", "metamath", "dialogue")),
+    "loss_on": Rule(choices=("response", "all")),
+    "epochs": Rule(above=0),
+    "max_steps": Rule(min=1, or_value=-1),
+    "learning_rate": Rule(above=0),
+    "batch_size": STEPS,
+    "micro_batch_size": STEPS,
+    "warmup_steps": Rule(min=0),
+    "weight_decay": Rule(min=0),
+    "lr_scheduler": Rule(choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                  "constant_with_warmup", "inverse_sqrt")),
+    "max_grad_norm": Rule(min=0),
+    "seed": Rule(min=0),
+    "precision": Rule(choices=("fp32", "bf16", "fp16")),
+    "eval_steps": STEPS,
+    "save_steps": STEPS,
+    "keep_last": STEPS,
+    "logging_steps": STEPS,
+    "eval_limit": STEPS,
+    "eval_method": Rule(choices=("generate", "loglik")),
+    "eval_seed": Rule(min=0),
+    "eval_batch_size": STEPS,
+    "num_beams": STEPS,
+}  # fmt: skip
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        inner = _type_name(args[0])
+        return f"{inner} or null"
+    if typing.get_origin(hint) is list:
+        return "a list of strings"
+    if typing.get_origin(hint) is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
+
+
+def check_value(key: str, value: Any, hint: Any, rule: Rule | None = None) -> Any:
+    """``value`` as the recipe key's type (a number for a float key; a single string for a list key), checked
+    against its rule; raises :class:`RecipeError` naming the key, the value and what it must be."""
+
+    given = value
+
+    def bad(what: str) -> RecipeError:
+        return RecipeError(f"recipe key {key}={given!r} is invalid: it must be {what}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union) and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(_type_name(_HINTS[key]))
+    elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad(_type_name(_HINTS[key])) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise bad(_type_name(_HINTS[key]))
+    elif origin is list:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+    elif origin is dict and not isinstance(value, dict):
+        raise bad("a mapping, e.g. {r: 16}")
+    if rule is not None and not rule.holds(value):
+        raise bad(rule.text())
+    return value
 
 
 def recipe_help() -> str:
-    """One line per recipe key with its default and meaning."""
+    """One line per recipe key: meaning, type and rule (what the validator enforces), default."""
     lines = []
     for f in dataclasses.fields(Recipe):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  {f.name:24s} {f.metadata.get('help', '')} [default: {default!r}]")
+        rule = RULES.get(f.name)
+        must = _type_name(_HINTS[f.name]) + (f", {rule.text()}" if rule else "")
+        lines.append(f"  {f.name:24s} {f.metadata.get('help', '')} ({must}) [default: {default!r}]")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from .checkpoints import (
     write_json_atomic,
     write_manifest,
 )
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 RUN_FILE = "run.json"
 TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialogue"}
@@ -70,6 +70,7 @@ class TrainResult:
     final_train_loss: float | None
     best_val_loss: float | None
     update_rank: float | None = None
+    learning_rate: float | None = None
     tokens_seen: int | None = None  # non-padding input tokens processed in training
     val_loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     evaluation: dict[str, Any] = field(default_factory=dict)
@@ -127,7 +128,12 @@ def build_model(recipe: Recipe):
     plan = plan_method(
         recipe.method, model, recipe.budget, recipe.target_params, recipe.target_modules, **recipe.method_args
     )
-    config = plan.peft_config()
+    try:
+        config = plan.peft_config()
+    except (TypeError, ValueError) as err:  # an unknown or out-of-range method setting
+        raise RecipeError(
+            f"recipe key method_args={recipe.method_args!r} is invalid for method {recipe.method!r}: {err}"
+        ) from None
     config.task_type = "CAUSAL_LM"
     torch.manual_seed(recipe.seed)
     peft_model = get_peft_model(model, config)
@@ -473,6 +479,7 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
         best_checkpoint=trainer.state.best_model_checkpoint,
         final_train_loss=train_losses[-1] if train_losses else (output.training_loss if output else None),
         best_val_loss=min(val_losses) if val_losses else None,
+        learning_rate=recipe.learning_rate,
         tokens_seen=int(trainer.state.num_input_tokens_seen) or None,
         val_loss_curve=[(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
     )

@@ -42,17 +42,20 @@ def read_adapter_tensors(path: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def validate_adapter_dir(path: str, config: SMoAConfig) -> None:
-    """Check that the adapter file in ``path`` is readable and matches ``config`` (blocks, ranks, orders).
+def validate_adapter_dir(path: str, config: SMoAConfig) -> bool:
+    """Check that the adapter file in ``path`` is readable and matches ``config`` (modules, blocks, ranks, orders,
+    finite values); returns whether it holds the block orders of every module (False: they are recomputed, with a
+    warning).
 
     Raises:
-        AdapterFileError: unreadable file, wrong number of blocks, wrong ranks or invalid block orders.
+        AdapterFileError: unreadable file, modules the config does not target (or targets without factors), wrong
+        number of blocks, wrong ranks, invalid block orders, or NaN/Inf values.
     """
     file = os.path.join(path, SAFETENSORS_NAME)
     if not os.path.isfile(file):
         file = os.path.join(path, BIN_NAME)
         if not os.path.isfile(file):
-            return  # PEFT itself reports a missing weights file
+            return True  # PEFT itself reports a missing weights file
     tensors = read_adapter_tensors(file)
     ranks = config.ranks
     blocks: dict[str, dict[str, dict[int, torch.Tensor]]] = defaultdict(lambda: {"A": {}, "B": {}})
@@ -65,6 +68,13 @@ def validate_adapter_dir(path: str, config: SMoAConfig) -> None:
             f"The adapter file {file} holds no SMoA factors (keys '<module>.smoa_A.<k>'); "
             "it was not saved from an SMoA adapter. Check the directory, or its adapter_config.json."
         )
+    for key, value in tensors.items():
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()) and not key.endswith("fingerprint"):
+            raise AdapterFileError(
+                f"The adapter file {file} has non-finite values (NaN/Inf) in '{key}': it is corrupted or came from a "
+                "diverged run. Restore it from a backup or an earlier checkpoint."
+            )
+    check_targets_cover(file, sorted(blocks), config)
     missing_orders = []
     for module, factors in sorted(blocks.items()):
         for kind in ("A", "B"):
@@ -98,7 +108,42 @@ def validate_adapter_dir(path: str, config: SMoAConfig) -> None:
             "to keep them.",
             stacklevel=3,
         )
-        config._orders_from_checkpoint = False
+    return not missing_orders
+
+
+def check_targets_cover(file: str, modules: list[str], config: SMoAConfig) -> None:
+    """The config must adapt exactly the modules whose factors are saved: a saved module it does not target would be
+    dropped on load (its update lost), a target with no saved module would load as the identity.
+
+    Raises:
+        AdapterFileError: naming the first module (or target) that does not match.
+    """
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [m.removeprefix("base_model.model.") for m in modules]
+    if config.target_modules is None:
+        raise AdapterFileError(
+            f"{os.path.join(os.path.dirname(file), 'adapter_config.json')} has no target_modules, so PEFT's defaults "
+            f"would apply, while {file} holds factors for modules such as '{names[0]}'. The config was edited: "
+            "restore its target_modules."
+        )
+    targets = config.target_modules
+    shown = sorted(targets) if isinstance(targets, set) else targets
+    for name in names:
+        if not check_target_module_exists(config, name):
+            raise AdapterFileError(
+                f"{os.path.join(os.path.dirname(file), 'adapter_config.json')}: target_modules={shown!r}"
+                f" does not cover module '{name}', whose factors are saved in {file}; loading would drop its update. "
+                "The config was edited or belongs to another adapter: restore its target_modules."
+            )
+    if isinstance(config.target_modules, set) and not config.layers_to_transform:
+        for target in sorted(config.target_modules):
+            if not any(name == target or name.endswith(f".{target}") for name in names):
+                raise AdapterFileError(
+                    f"{os.path.join(os.path.dirname(file), 'adapter_config.json')}: target_modules names '{target}', "
+                    f"but {file} holds no factors for any '{target}' module; loading would add an untrained branch. "
+                    "The config was edited or belongs to another adapter: restore its target_modules."
+                )
 
 
 def check_order(order: torch.Tensor, size: int, what: str) -> None:

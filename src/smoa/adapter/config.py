@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -91,8 +92,10 @@ class SMoAConfig(PeftConfig):
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
         self._validate()
-        # set by from_pretrained: the block orders will come from the saved adapter, so injection skips the SVD.
+        # set by from_pretrained: the block orders will come from the saved adapter, so injection skips the SVD;
+        # and the saved base fingerprint must be loaded (a missing one is an error, not the current base's)
         self._orders_from_checkpoint = False
+        self._from_checkpoint = False
 
     def _validate(self) -> None:
         def bad(name: str, value: object, rule: str) -> ValueError:
@@ -122,6 +125,10 @@ class SMoAConfig(PeftConfig):
                 f"with num_blocks={self.num_blocks} an even split leaves a block with rank 0; "
                 f"use r >= {self.num_blocks} or fewer blocks",
             )
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)):
+            raise bad("lora_alpha", self.lora_alpha, "it must be a number")
+        if not math.isfinite(self.lora_alpha):
+            raise bad("lora_alpha", self.lora_alpha, "it must be finite (scaling = lora_alpha / r)")
         if not (0.0 <= float(self.lora_dropout) < 1.0):
             raise bad("lora_dropout", self.lora_dropout, "dropout must lie in [0, 1)")
         if self.permutation not in PERMUTATIONS:
@@ -154,11 +161,18 @@ class SMoAConfig(PeftConfig):
         A local adapter file next to the config is checked first, so a corrupted or mismatched file is named before
         any model is touched.
         """
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (TypeError, ValueError) as err:
+            from .checkpoint import AdapterFileError
+
+            raise AdapterFileError(f"{os.path.join(path, 'adapter_config.json')}: {err}") from None
+        orders_saved = True
         if os.path.isdir(path):
             from .checkpoint import validate_adapter_dir
 
-            validate_adapter_dir(path, config)
-        config._orders_from_checkpoint = True
+            orders_saved = validate_adapter_dir(path, config)
+        config._orders_from_checkpoint = orders_saved
+        config._from_checkpoint = True  # the base fingerprint must come from the file, not from this base
         return config

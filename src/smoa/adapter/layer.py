@@ -148,7 +148,8 @@ class SMoALayer(BaseTunerLayer):
                 original = self.original_weight()
                 check_finite(original, self.module_name)
                 self._base_fingerprint = F.weight_fingerprint(original)
-                self.smoa_fingerprint[adapter_name] = self._base_fingerprint.clone()
+                if not getattr(config, "_from_checkpoint", False):
+                    self.smoa_fingerprint[adapter_name] = self._base_fingerprint.clone()
                 if not getattr(config, "_orders_from_checkpoint", False):
                     self._compute_orders(adapter_name, original)
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -372,9 +373,17 @@ def _check_loaded_state(module: nn.Module, incompatible_keys: Any) -> None:
         saved = module.smoa_fingerprint[adapter_name]
         actual = module._base_fingerprint
         mode = module.fingerprint_check.get(adapter_name, "error")
-        if mode == "off" or actual is None or bool(torch.isnan(saved).any()):
+        if mode == "off" or actual is None:
             continue
-        if not F.fingerprints_match(saved, actual):
+        if not bool(torch.isfinite(saved).all()):
+            message = (
+                f"Adapter '{adapter_name}' of module '{module.module_name}' has no finite base fingerprint "
+                f"('{module.module_name}.smoa_fingerprint' is missing from the adapter file or not finite), so it "
+                "cannot be checked against this base. Save the adapter again with smoa, or, to accept an unchecked "
+                "base, load the config with SMoAConfig.from_pretrained(dir), set base_fingerprint_check='off', and "
+                "pass config=... to PeftModel.from_pretrained."
+            )
+        elif not F.fingerprints_match(saved, actual):
             message = (
                 f"Adapter '{adapter_name}' of module '{module.module_name}' was trained on a different base weight "
                 f"(saved fingerprint norm {float(saved[0]):.6g}, this base {float(actual[0]):.6g}). Its block anchors "
@@ -382,9 +391,11 @@ def _check_loaded_state(module: nn.Module, incompatible_keys: Any) -> None:
                 "for, or, if you mean it, load the config with SMoAConfig.from_pretrained(dir), set "
                 "base_fingerprint_check='warn' or 'off', and pass config=... to PeftModel.from_pretrained."
             )
-            if mode == "error":
-                raise AdapterFileError(message)
-            warnings.warn(message, stacklevel=2)
+        else:
+            continue
+        if mode == "error":
+            raise AdapterFileError(message)
+        warnings.warn(message, stacklevel=2)
 
 
 def dispatch_default(target: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str) -> Linear:

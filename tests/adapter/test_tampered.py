@@ -98,3 +98,16 @@ def test_a_damaged_fingerprint_is_refused_unless_the_check_is_off(saved, damage)
     config = smoa.SMoAConfig.from_pretrained(str(saved))  # as the message says: the config, check off, loads
     config.base_fingerprint_check = "off"
     PeftModel.from_pretrained(make_llama(), str(saved), config=config)
+
+
+def test_missing_orders_are_recomputed_with_a_warning(saved):
+    reference = load(saved)
+    edit_tensors(saved, lambda t: [t.pop(k) for k in [k for k in t if k.endswith(("row_order", "col_order"))]])
+    with pytest.warns(UserWarning, match=r"no saved block orders .* recomputed by SVD"):
+        reloaded = load(saved)
+    tokens = torch.arange(12).reshape(2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens).logits, reference(tokens).logits)
+    for name, layer in smoa.smoa_layers(reloaded).items():
+        want = smoa.smoa_layers(reference)[name]
+        assert torch.equal(layer.smoa_row_order["default"], want.smoa_row_order["default"])

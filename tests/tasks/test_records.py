@@ -56,3 +56,14 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
         "output": "o",
         "answer": "a",
     }
+
+
+def test_non_utf8_bytes_are_named_with_the_file_and_line(tmp_path):
+    from smoa.tasks.records import DataFormatError, read_json_records, read_jsonl
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(DataFormatError, match=r"data.jsonl, line 2: not UTF-8 text"):
+        list(read_jsonl(path))
+    with pytest.raises(DataFormatError, match=r"data.jsonl, line \d+: not UTF-8 text"):
+        read_json_records(path)

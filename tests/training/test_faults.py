@@ -113,3 +113,37 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tiny_model_dir, trai
     # the holder died without unlocking (SIGKILL): its stale lock does not block the next run
     result = run_training(recipe, resume=True, log=quiet)
     assert result.steps == 2
+
+
+def test_user_mistakes_in_training_get_one_line_errors(tiny_model_dir, train_file, tmp_path):
+    from smoa.cli.main import main
+    from smoa.training.recipe import RecipeError
+    from smoa.training.trainer import training_arguments
+
+    with pytest.raises(RecipeError, match=r"precision='fp16' needs a CUDA GPU"):
+        training_arguments(load_recipe(None, precision="fp16"), tmp_path)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    values = tiny_recipe_values(tiny_model_dir, empty, tmp_path / "run")
+    with pytest.raises(RecipeError, match=r"the file holds no training records"):
+        run_training(load_recipe(None, **values), log=quiet)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"\n')
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--set",
+            f"train_file={bad}",
+            "--set",
+            "eval_tasks=[]",
+            "--output-dir",
+            str(tmp_path / "run2"),
+        ]
+    )
+    assert code == 2
+    for option in (["--batch-size", "0"], ["--num-beams", "0"]):
+        with pytest.raises(SystemExit) as caught:
+            main(["eval", "--task", "boolq", *option])
+        assert caught.value.code == 2

@@ -50,7 +50,9 @@ def print_recipe_help() -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
+    from smoa.adapter.checkpoint import AdapterFileError
     from smoa.methods import BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
+    from smoa.tasks.records import DataFormatError
     from smoa.training.checkpoints import CheckpointError
     from smoa.training.recipe import RecipeError
     from smoa.training.trainer import NonFiniteError, RunDirError
@@ -64,4 +66,6 @@ def user_errors() -> tuple[type[Exception], ...]:
         BudgetUnreachableError,
         UnsupportedTargetError,
         FileNotFoundError,
+        DataFormatError,
+        AdapterFileError,
     )

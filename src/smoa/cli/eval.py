@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k or convai2",
     )
-    parser.add_argument("--limit", type=int, help="evaluate at most N examples per dataset (seeded subsample)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate at most N examples per dataset (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
     parser.add_argument(
         "--method",
@@ -43,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("smoa", "dora", "metamath", "dialogue"),
         help="prompt template (default: the task's; commonsense: smoa)",
     )
-    parser.add_argument("--num-beams", type=int, help="beams (default 4)")
-    parser.add_argument("--max-new-tokens", type=int, help="override the task's max_new_tokens (16 / 200 / 32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
+    parser.add_argument("--num-beams", type=positive_int, help="beams (default 4)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, help="override the task's max_new_tokens (16 / 200 / 32)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per batch (default 8)")
     parser.add_argument("--data-dir", help="user data: LLM-Adapters dataset folder, GSM8K JSONL, or ConvAI2 folder")
     parser.add_argument("--bertscore-model", help="local encoder folder for BERTScore (dialogue); else unavailable")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -53,6 +55,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--predictions", action="store_true", help="also store every prediction in the JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse then reports a bad value in one line, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def load_adapter(model, adapter_dir: str):

@@ -48,10 +48,19 @@ class Record:
         return {"instruction": self.instruction, "input": self.input, "output": self.output, "answer": self.answer}
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (``.gz`` allowed); bytes that are not UTF-8 raise :class:`DataFormatError`
+    naming the file and the line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFormatError(
+                    f"{path}, line {number}: not UTF-8 text ({error.reason} at byte {error.start} of the line); "
+                    "save the file as UTF-8"
+                ) from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -64,20 +73,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove "
-                    "this line"
-                ) from None
-            if not isinstance(value, dict):
-                raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
-            yield number, value
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(
+                f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove this line"
+            ) from None
+        if not isinstance(value, dict):
+            raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
 
 
 def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -89,8 +96,7 @@ def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    with _open_text(path) as handle:
-        text = handle.read()
+    text = "".join(_text_lines(path))
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

@@ -97,6 +97,8 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
 
     standin = recipe.train_limit + recipe.val_size if recipe.train_limit else 10_000  # math without MetaMathQA
     records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
+    if not records:
+        raise RecipeError(f"recipe key train_file={recipe.train_file!r}: the file holds no training records")
     if recipe.train_limit is not None and recipe.train_limit + recipe.val_size < len(records):
         picked = sorted(random.Random(recipe.seed).sample(range(len(records)), recipe.train_limit + recipe.val_size))
         records = [records[i] for i in picked]
@@ -339,6 +341,8 @@ def training_arguments(recipe: Recipe, run_dir: Path):
             f"recipe key batch_size={recipe.batch_size} must be a multiple of micro_batch_size × processes "
             f"= {recipe.micro_batch_size} × {world}"
         )
+    if recipe.precision == "fp16" and not torch.cuda.is_available():
+        raise RecipeError("recipe key precision='fp16' needs a CUDA GPU (none here); use fp32, or bf16 on a CPU")
     report_to = ["tensorboard"] if recipe.tensorboard else []
     if recipe.tensorboard:
         try:

@@ -113,6 +113,7 @@ class SMoALayer(BaseTunerLayer):
         """Add (or replace) adapter ``adapter_name`` with the settings of ``config``."""
         ranks = config.ranks
         num_blocks = config.num_blocks
+        check_float_weight(self.get_base_layer(), self.module_name)
         smaller = min(self.out_features, self.in_features)
         if num_blocks > smaller:
             raise ValueError(
@@ -121,6 +122,13 @@ class SMoALayer(BaseTunerLayer):
                 "exclude this module."
             )
         rows, cols = F.split_sizes(self.out_features, num_blocks), F.split_sizes(self.in_features, num_blocks)
+        for k, (r_k, n, c) in enumerate(zip(ranks, rows, cols, strict=True)):
+            if r_k > min(n, c):
+                raise ValueError(
+                    f"SMoAConfig r={config.r} gives block {k} of module '{self.module_name}' rank {r_k}, more than its "
+                    f"block size {n}x{c} allows (the extra parameters could learn nothing); use r <= "
+                    f"{num_blocks * min(min(rows), min(cols))} for this module, or exclude it."
+                )
         self.r[adapter_name] = config.r
         self.branch_ranks[adapter_name] = ranks
         self.lora_alpha[adapter_name] = config.lora_alpha
@@ -348,6 +356,20 @@ def unsupported_layer_message(module_name: str, module: nn.Module) -> str:
         "only torch.nn.Linear and transformers' Conv1D are supported. Remove it from target_modules "
         "(or add it to exclude_modules)."
     )
+
+
+def check_float_weight(base: nn.Module, module_name: str) -> None:
+    """Refuse a base layer whose stored weight is not a plain floating-point matrix (quantised codes, packed
+    storage, integer dtypes): its entries are not W0, and anchoring on them would silently train the wrong update."""
+    weight = getattr(base, "weight", None)
+    kind = f"{type(base).__module__}.{type(base).__qualname__}"
+    if weight is None or not torch.is_floating_point(weight) or type(weight).__name__ not in ("Parameter", "Tensor"):
+        what = "no weight" if weight is None else f"a {type(weight).__name__} of dtype {weight.dtype}"
+        raise TypeError(
+            f"module '{module_name}' ({kind}) stores {what}, not a floating-point weight matrix: SMoA anchors its "
+            "blocks on W0 itself and cannot read it from quantised or packed storage. Load the base in float32/"
+            "bfloat16/float16, or exclude this module."
+        )
 
 
 def check_finite(weight: Tensor, module_name: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
@@ -57,4 +57,4 @@ def smoa_layers(model: nn.Module) -> dict[str, SMoALayer]:
     return {name: module for name, module in model.named_modules() if isinstance(module, SMoALayer)}
 
 
-__all__ = ["BaseTunerLayer", "SMoAModel", "smoa_layers"]
+__all__ = ["SMoAModel", "smoa_layers"]

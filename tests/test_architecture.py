@@ -1,0 +1,55 @@
+"""Imports point down the layers of docs/architecture.md: no package imports one above it (nor the command line)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1] / "src" / "smoa"
+LEVELS = {
+    "peft_integration": 0, "assets": 0, "lm_head": 0,
+    "adapter": 1, "baselines": 1, "models": 1, "tasks": 1,
+    "__init__": 2, "methods": 2, "evaluation": 2,
+    "analysis": 3, "training": 4, "study": 5, "cli": 6,
+}  # fmt: skip
+
+
+def unit_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return parts[0]
+
+
+def imported_units(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = path.relative_to(ROOT).parent.parts
+                base = package[: len(package) - node.level + 1]
+                names = [".".join(("smoa", *base, *([node.module] if node.module else [])))]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "smoa":
+                found.add(parts[1] if len(parts) > 1 else "__init__")
+    return found
+
+
+def test_every_package_has_a_level():
+    units = {unit_of(p) for p in ROOT.rglob("*.py")}
+    assert units <= set(LEVELS), sorted(units - set(LEVELS))
+
+
+def test_no_import_points_up():
+    upward = []
+    for path in sorted(ROOT.rglob("*.py")):
+        unit = unit_of(path)
+        for target in imported_units(path) - {unit}:
+            if LEVELS[target] >= LEVELS[unit]:
+                upward.append(f"{path.relative_to(ROOT)} ({unit}, level {LEVELS[unit]}) imports {target}")
+    assert not upward, "\n".join(upward)

@@ -1,7 +1,7 @@
 """``smoa compare``: several methods × seeds with one recipe, gathered into one results table.
 
 smoa compare --recipe recipes/quickstart-cpu.yaml --methods smoa,lora
-smoa compare --recipe recipes/llama2-7b-commonsense.yaml --methods smoa,lora,dora,hira --seeds 1,2,3
+smoa compare --recipe recipes/llama-2-7b-commonsense.yaml --methods smoa,lora,dora,hira --seeds 1,2,3
 """
 
 from __future__ import annotations

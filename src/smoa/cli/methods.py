@@ -6,6 +6,7 @@ Works from a model config alone (the model is built on the meta device), e.g. ``
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "methods",
         help="table of methods: trainable params, Params%%, rank ceiling, mergeable",
-        description="For each method: trainable parameters, Params%% = trainable / (base + trainable), update-rank "
+        description="For each method: trainable parameters, Params% = trainable / (base + trainable), update-rank "
         "ceiling per layer type, and whether it can be merged. Needs only the model's config.",
     )
     parser.add_argument(
-        "--model", required=True, help=f"a Hugging Face model directory or a named config: {', '.join(NAMED_MODELS)}"
+        "--model",
+        default="default",
+        help="a Hugging Face model directory, a named config "
+        f"({', '.join(NAMED_MODELS)}), or 'default' (SmolLM2-135M, as elsewhere; the default)",
     )
     parser.add_argument("--budget", choices=BUDGETS, default="paper", help="published settings or matched counts")
     parser.add_argument(
@@ -81,7 +85,15 @@ def render_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_model_spec(args.model)
+    try:
+        return _run(args)
+    except ValueError as error:  # an unknown model or method, an unreachable budget
+        print(f"smoa methods: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = load_model_spec("smollm2-135m" if args.model == "default" else args.model)
     targets = args.target_modules.split(",") if args.target_modules else None
     methods = args.methods.split(",") if args.methods else None
     for name in methods or ():

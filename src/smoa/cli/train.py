@@ -1,7 +1,7 @@
 """``smoa train``: fine-tune a model with one method from a YAML recipe, then evaluate it.
 
 smoa train --recipe recipes/smollm2-commonsense-cpu.yaml --method smoa
-smoa train --recipe recipes/llama3-8b-commonsense.yaml --set learning_rate=2e-4 --resume
+smoa train --recipe recipes/llama-3-8b-commonsense.yaml --set learning_rate=2e-4 --resume
 accelerate launch --config_file configs/accelerate/ddp.yaml -m smoa.cli.main train --recipe ...
 """
 

@@ -280,7 +280,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
     """PNG figures: validation loss vs step per arm at its chosen rate (final runs, mean over seeds), the sweep
-    curves (lowest validation loss vs learning rate), and accuracy per set with ± std error bars."""
+    (lowest validation loss vs learning rate, and every sweep run's validation curve), and accuracy per set with
+    ± std error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,6 +320,19 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         written.append(folder / "lr_sweep.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+        arms = list(summary["sweeps"])
+        fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.5), squeeze=False, sharey=True)
+        for ax, arm in zip(axes[0], arms, strict=True):
+            for label, curve in summary["sweeps"][arm]["curves"].items():
+                if curve:
+                    ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".", label=f"lr {label}")
+            ax.set(title=arm, xlabel="step", yscale="log")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("validation loss")
+        fig.tight_layout()
+        written.append(folder / "sweep_curves.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     if summary["finals"]:

@@ -147,3 +147,51 @@ def test_user_mistakes_in_training_get_one_line_errors(tiny_model_dir, train_fil
         with pytest.raises(SystemExit) as caught:
             main(["eval", "--task", "boolq", *option])
         assert caught.value.code == 2
+
+
+def test_what_a_kill_during_the_final_save_left_is_recovered(tiny_model_dir, train_file, tmp_path):
+    import shutil
+
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
+    run_training(load_recipe(None, **values), log=quiet)
+    run = tmp_path / "run"
+    want = adapter(run)
+    # killed between moving the old adapter aside and moving the new one in: both are staging folders
+    (run / ".adapter-old").mkdir()
+    for item in (run / "adapter").iterdir():
+        shutil.copy(item, run / ".adapter-old" / item.name)
+    shutil.rmtree(run / "adapter")
+    (run / ".adapter-x1y2").mkdir()
+    run_training(load_recipe(None, **values), resume=True, log=quiet)
+    assert not list(run.glob(".adapter-*"))
+    got = adapter(run)
+    for key in want:
+        assert torch.equal(got[key], want[key])
+
+
+def test_a_full_disk_is_named_and_earlier_checkpoints_survive(tiny_model_dir, train_file, tmp_path):
+    import os
+    import subprocess
+
+    from smoa.training.checkpoints import latest_valid_checkpoint, verify_checkpoint
+    from smoa.training.trainer import DiskFullError
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("needs root and tmpfs to make a small disk")
+    try:
+        values = tiny_recipe_values(tiny_model_dir, train_file, mount / "run", max_steps=40, keep_last=30)
+        with pytest.raises(DiskFullError, match=r"the disk holding .* is full .* continue with --resume"):
+            run_training(load_recipe(None, **values), log=quiet)
+        intact = latest_valid_checkpoint(mount / "run", warn=quiet)
+        assert intact is not None
+        verify_checkpoint(intact)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

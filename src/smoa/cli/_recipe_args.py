@@ -55,12 +55,13 @@ def user_errors() -> tuple[type[Exception], ...]:
     from smoa.tasks.records import DataFormatError
     from smoa.training.checkpoints import CheckpointError
     from smoa.training.recipe import RecipeError
-    from smoa.training.trainer import NonFiniteError, RunDirError
+    from smoa.training.trainer import DiskFullError, NonFiniteError, RunDirError
 
     return (
         RecipeError,
         RunDirError,
         NonFiniteError,
+        DiskFullError,
         CheckpointError,
         UnknownMethodError,
         BudgetUnreachableError,

@@ -111,6 +111,20 @@ def latest_valid_checkpoint(run_dir: str | os.PathLike[str], warn=print) -> Path
     return None
 
 
+def recover_staging(target: str | os.PathLike[str], warn=print) -> None:
+    """Undo what a kill left of :func:`save_dir_atomic` next to ``target``: a previous folder moved aside while its
+    replacement was not yet in place is moved back (nothing saved is lost); unfinished staging folders are removed."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}-old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+        warn(f"restored {target} (a save into it was interrupted)")
+    for leftover in target.parent.glob(f".{target.name}-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            warn(f"removed {leftover}: an interrupted save's staging folder")
+
+
 def save_dir_atomic(target: str | os.PathLike[str], write) -> None:
     """Call ``write(tmp_dir)`` on a fresh temporary folder next to ``target``, then move it into place."""
     target = Path(target)

@@ -6,6 +6,8 @@ configs in ``configs/accelerate/``) and Trainer shards the data and averages the
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -22,6 +24,7 @@ import torch
 from .checkpoints import (
     CheckpointError,
     latest_valid_checkpoint,
+    recover_staging,
     save_dir_atomic,
     verify_checkpoint,
     write_json_atomic,
@@ -35,6 +38,44 @@ TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialog
 
 class RunDirError(RuntimeError):
     """The output folder holds another run, or another process is using it."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk holding the run folder filled up while the run was writing to it."""
+
+
+def _disk_full(error: BaseException, run_dir: Path) -> bool:
+    """Whether ``error`` is a write that failed for lack of space (``ENOSPC``, or torch's C++ stream error on a disk
+    with no space left)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in str(error) or "os error 28" in str(error):  # safetensors' Rust writer
+        return True
+    if isinstance(error, RuntimeError) and ("iostream" in str(error) or "write" in str(error).lower()):
+        try:
+            return shutil.disk_usage(run_dir).free < 16 * 2**20
+        except OSError:
+            return False
+    cause = error.__cause__ or error.__context__
+    return cause is not None and cause is not error and _disk_full(cause, run_dir)
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(run_dir: Path):
+    """Turn whatever a writer raises for a full disk into one :class:`DiskFullError` that says so, where, and
+    which checkpoint is intact."""
+    try:
+        yield
+    except Exception as error:  # writers differ in what they raise for a full disk
+        if not _disk_full(error, run_dir):
+            raise
+        intact = latest_valid_checkpoint(run_dir, warn=lambda *a: None)
+        raise DiskFullError(
+            f"the disk holding {run_dir} is full ({shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free): a file "
+            f"could not be written ({type(error).__name__}: {str(error)[:80]}). "
+            + (f"{intact.name} is intact; " if intact else "")
+            + "free some space, then continue with --resume"
+        ) from error
 
 
 class NonFiniteError(RuntimeError):
@@ -224,6 +265,7 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool,
                 )
     if not run_file.is_file():
         write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+    recover_staging(run_dir / "adapter", warn=print)
 
 
 def peak_memory_reset() -> None:
@@ -460,12 +502,14 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
         finish_from_checkpoint(trainer, Path(checkpoint))
         output = None
     else:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        with naming_a_full_disk(run_dir):
+            output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - started
     peak = peak_memory_mib()
     adapter_dir = run_dir / "adapter"
     if trainer.args.should_save:
-        save_dir_atomic(adapter_dir, lambda tmp: model.save_pretrained(tmp))
+        with naming_a_full_disk(run_dir):
+            save_dir_atomic(adapter_dir, lambda tmp: model.save_pretrained(tmp))
     history = trainer.state.log_history
     val_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     train_losses = [h["loss"] for h in history if "loss" in h]

@@ -179,7 +179,10 @@ def build_model(recipe: Recipe):
         ) from None
     config.task_type = "CAUSAL_LM"
     torch.manual_seed(recipe.seed)
-    peft_model = get_peft_model(model, config)
+    try:
+        peft_model = get_peft_model(model, config)
+    except (TypeError, ValueError) as err:  # a base layer or a setting the method cannot take (named in err)
+        raise RecipeError(f"method {recipe.method!r} cannot be applied to model {recipe.model!r}: {err}") from None
     if recipe.gradient_checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model, tokenizer, plan
@@ -474,8 +477,8 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
         if checkpoint is None:
             log(f"no complete checkpoint in {run_dir}; starting from the beginning")
 
+    train_records, val_records = load_training_records(recipe)  # bad data fails here, before the model loads
     model, tokenizer, plan = build_model(recipe)
-    train_records, val_records = load_training_records(recipe)
     train_set = ListDataset(tokenize_records(train_records, tokenizer, recipe))
     val_set = ListDataset(tokenize_records(val_records, tokenizer, recipe))
     log(

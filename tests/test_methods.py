@@ -161,3 +161,25 @@ def test_cli_table(capsys) -> None:
     assert ssm_row.rstrip().endswith("no")
     assert main(["methods", "--model", "smollm2-135m", "--budget", "matched", "--methods", "lora,mora"]) == 0
     assert "vs target" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("config_text", "weights", "message"),
+    [
+        ("{not json", True, r"adapter_config.json is not valid JSON"),
+        ("[1, 2]", True, r"must hold a JSON object, not list"),
+        ('{"r": 8}', True, r"has no 'peft_type' string"),
+        ('{"peft_type": "NOPE"}', True, r"peft_type 'NOPE' is not a PEFT method known here"),
+        ('{"peft_type": "LORA"}', False, r"holds adapter_config.json but no weights"),
+    ],
+)
+def test_a_broken_adapter_folder_is_named(tmp_path, config_text, weights, message):
+    from smoa.methods import AdapterFolderError, check_adapter_folder
+
+    (tmp_path / "adapter_config.json").write_text(config_text)
+    if weights:
+        (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(AdapterFolderError, match=message):
+        check_adapter_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_adapter_folder(tmp_path / "missing")

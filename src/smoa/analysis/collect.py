@@ -411,19 +411,11 @@ def _plain_settings(config: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- loading -------
 def load_adapter(base: nn.Module, adapter_dir: str | os.PathLike[str]) -> nn.Module:
-    """``PeftModel.from_pretrained`` on a copy of ``base`` (the base itself is left untouched), in eval mode."""
-    from peft import PeftModel
+    """The adapter on a copy of ``base`` (the base itself is left untouched), in eval mode
+    (:func:`smoa.methods.load_adapter`)."""
+    from smoa.methods import load_adapter as load_checked
 
-    import smoa  # noqa: F401  (registers SMoA and the baselines with PEFT)
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json); give a folder written by "
-            "PeftModel.save_pretrained"
-        )
-    model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir), is_trainable=False)
-    return model.eval()
+    return load_checked(copy.deepcopy(base), adapter_dir)
 
 
 def analyse_adapters(

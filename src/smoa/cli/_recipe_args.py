@@ -51,7 +51,7 @@ def print_recipe_help() -> int:
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
     from smoa.adapter.checkpoint import AdapterFileError
-    from smoa.methods import BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
+    from smoa.methods import AdapterFolderError, BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
     from smoa.tasks.records import DataFormatError
     from smoa.training.checkpoints import CheckpointError
     from smoa.training.recipe import RecipeError
@@ -69,4 +69,5 @@ def user_errors() -> tuple[type[Exception], ...]:
         FileNotFoundError,
         DataFormatError,
         AdapterFileError,
+        AdapterFolderError,
     )

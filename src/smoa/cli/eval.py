@@ -69,19 +69,10 @@ def positive_int(text: str) -> int:
 
 
 def load_adapter(model, adapter_dir: str):
-    """Wrap ``model`` with the PEFT adapter saved in ``adapter_dir`` (SMoA registers itself on ``import smoa``)."""
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
-    import peft
+    """Wrap ``model`` with the PEFT adapter saved in ``adapter_dir`` (checked first; see smoa.methods)."""
+    from smoa.methods import load_adapter as load_checked
 
-    import smoa  # registers the SMoA method with PEFT once the adapter package is present
-
-    try:
-        import smoa.adapter  # noqa: F401
-    except ImportError:
-        pass
-    return peft.PeftModel.from_pretrained(model, str(path)).eval()
+    return load_checked(model, adapter_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -183,11 +183,9 @@ def evaluate_adapter(study: Study, adapter_dir: str | None, generate: bool = Fal
 
     model, tokenizer = load_model_and_tokenizer(study.recipe.model, dtype=study.recipe.dtype)
     if adapter_dir is not None:
-        from peft import PeftModel
+        from smoa.methods import load_adapter
 
-        import smoa  # noqa: F401  (registers SMoA and the baselines)
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = load_adapter(model, adapter_dir)
     model.eval()
     settings = study.evaluation
     gen = settings.generate

@@ -82,7 +82,11 @@ KILL_SCRIPT = textwrap.dedent(
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == {kill_at}:
+            if state.global_step == {kill_at} and not {after_save}:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_save(self, args, state, control, **kwargs):  # the checkpoint is complete (manifest written)
+            if state.global_step == {kill_at} and {after_save}:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     values = json.loads({values!r})
@@ -92,8 +96,10 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(values: dict, kill_at: int = 0, resume: bool = False) -> subprocess.CompletedProcess:
-    script = KILL_SCRIPT.format(src=SRC, kill_at=kill_at, values=json.dumps(values), resume=resume)
+def run_script(values: dict, kill_at: int = 0, resume: bool = False, after_save: bool = False):
+    script = KILL_SCRIPT.format(
+        src=SRC, kill_at=kill_at, values=json.dumps(values), resume=resume, after_save=after_save
+    )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 
@@ -119,6 +125,26 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_model_dir, train_f
     assert second.returncode == 0, second.stderr[-2000:]
     want, got = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "killed")
     assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(("kill_at", "after_save"), [(1, False), (2, True), (7, False), (8, True)])
+def test_resume_at_every_kind_of_step_boundary_matches_the_uninterrupted_run(
+    tiny_model_dir, train_file, tmp_path, kill_at, after_save
+):
+    """Killed mid-way between checkpoints, right after one, or after the last one (before the adapter): the resumed
+    run ends with the uninterrupted run's adapter and its step count."""
+    common = dict(max_steps=8, lr_scheduler="constant", method_args={"r": 4, "num_blocks": 2, "lora_dropout": 0.0})
+    straight = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "straight", **common)
+    assert run_script(straight).returncode == 0
+    killed = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "killed", **common)
+    assert run_script(killed, kill_at=kill_at, after_save=after_save).returncode == -signal.SIGKILL
+    second = run_script(killed, resume=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["steps"] == 8
+    assert not (tmp_path / "killed" / "checkpoint-9").exists()
+    want, got = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "killed")
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
 

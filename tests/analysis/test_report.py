@@ -123,3 +123,16 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path) -> None:
     R.atomic_write(target, "first")
     R.atomic_write(target, b"second")
     assert target.read_text() == "second" and [p.name for p in target.parent.iterdir()] == ["x.txt"]
+
+
+def test_bad_ceiling_methods_are_one_line_errors(capsys):
+    from smoa.cli.main import main
+
+    for method, message in (
+        ("nosuch", "unknown method 'nosuch'"),
+        ("smoa:r=abc", "r='abc' in 'smoa:r=abc' must be"),
+        ("smoa:r=2.5", "must be an integer"),
+    ):
+        assert main(["analyze", "--model", "smollm2-135m", "--ceiling-only", "--method", method]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -42,7 +42,16 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
             overrides[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key.strip()] = value
-    get_method(name.strip())
+    method = get_method(name.strip())
+    for key, value in overrides.items():
+        paper = method.paper.get(key)
+        if isinstance(paper, (int, float)) and not isinstance(paper, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"method override {key}={value!r} in {text!r} must be a number (paper value {paper})")
+            if isinstance(paper, int) and not isinstance(value, int):
+                raise ValueError(
+                    f"method override {key}={value!r} in {text!r} must be an integer (paper value {paper})"
+                )
     return name.strip(), overrides
 
 

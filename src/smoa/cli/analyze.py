@@ -97,8 +97,10 @@ def _ceiling_rows(args: argparse.Namespace, model: str) -> list:
         methods = [parse_method(text) for text in names]
         targets = args.target_modules.split(",") if args.target_modules else None
         return rank_ceiling_table(model, methods, args.budget, targets)
-    except ValueError as error:
-        raise CommandError(f"{error} (known methods: {', '.join(method_names())})") from None
+    except (ValueError, TypeError) as error:
+        unknown = "unknown method" in str(error) and "known methods" not in str(error)
+        known = f" (known methods: {', '.join(method_names())})" if unknown else ""
+        raise CommandError(f"{error}{known}") from None
 
 
 def _print_ceilings(rows: list) -> None:

@@ -3,11 +3,13 @@
 PEFT 0.21's ``register_peft_method`` only accepts names that are already members of its closed ``PeftType`` enum, so a
 method defined outside PEFT is registered by writing its config class, tuner class and parameter prefix into the three
 mappings PEFT consults, under the upper-case method name. ``get_peft_model``, ``save_pretrained``,
-``PeftModel.from_pretrained`` and ``merge_and_unload`` then work as for a built-in method. The config class must set
-``peft_type`` to the same upper-case string.
+``PeftModel.from_pretrained`` and ``merge_and_unload`` then work as for a built-in method. The config class sets
+``peft_type`` to the method's :class:`OutOfTreePeftType` member (a string enum, like PEFT's ``PeftType``).
 """
 
 from __future__ import annotations
+
+import enum
 
 import peft
 from packaging.version import Version
@@ -15,6 +17,16 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 
 SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
+
+
+class OutOfTreePeftType(enum.StrEnum):
+    """``peft_type`` of the methods defined here. Members are strings (``== "SMOA"``, saved as ``"SMOA"``) that
+    behave like PEFT's own ``PeftType`` members (``.value``, ``.name``), which PEFT and transformers rely on."""
+
+    SMOA = "SMOA"
+    MELORA = "MELORA"
+    MORA = "MORA"
+    SSMLORA = "SSMLORA"
 
 
 def check_peft_version(version: str = peft.__version__) -> None:

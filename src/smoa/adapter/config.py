@@ -9,9 +9,11 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from smoa.peft_integration import OutOfTreePeftType
+
 from .functional import PERMUTATIONS
 
-PEFT_TYPE = "SMOA"
+PEFT_TYPE = OutOfTreePeftType.SMOA
 FINGERPRINT_CHECKS = ("error", "warn", "off")
 BIAS_OPTIONS = ("none", "all", "lora_only")
 

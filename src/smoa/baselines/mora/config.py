@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from smoa.baselines.common import DenseAdapterConfig
+from smoa.peft_integration import OutOfTreePeftType
 
-MORA = "MORA"
+MORA = OutOfTreePeftType.MORA
 MORA_TYPES = (1, 6)
 
 

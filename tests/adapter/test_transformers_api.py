@@ -60,3 +60,17 @@ def test_load_adapter_into_a_transformers_model(folders, tokens):
     adapted = logits(model, tokens)
     torch.testing.assert_close(adapted, logits(reference, tokens))
     assert not torch.allclose(adapted, plain)
+
+
+def test_peft_features_smoa_cannot_support_say_why(folders, tmp_path):
+    from peft import PeftMixedModel
+    from peft.utils.hotswap import hotswap_adapter
+
+    base_dir, adapter, reference = folders
+    with pytest.raises(NotImplementedError, match="add_weighted_adapter is not supported for SMoA"):
+        reference.add_weighted_adapter(["default"], [1.0], "combined")
+    config = smoa.SMoAConfig(r=4, num_blocks=2, target_modules=LLAMA_TARGETS)
+    with pytest.raises(ValueError, match=r"(?i)not (supported|compatible)"):
+        PeftMixedModel(AutoModelForCausalLM.from_pretrained(base_dir), config)
+    with pytest.raises(ValueError, match=r"(?i)(not supported|only.*lora|hotswap)"):
+        hotswap_adapter(reference, str(adapter), adapter_name="default")

@@ -36,6 +36,16 @@ class SMoAModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def add_weighted_adapter(self, *args, **kwargs):
+        """Not supported: a weighted sum of SMoA adapters is not an SMoA adapter (each ΔW_k = s·(B_k A_k) ⊙ W0 block
+        is bilinear in its factors, and adapters may use different block orders); PEFT's LoRA recipe (concatenating
+        or SVD-ing factors) does not apply."""
+        raise NotImplementedError(
+            "add_weighted_adapter is not supported for SMoA: a weighted combination of SMoA adapters is not an SMoA "
+            "adapter (the update is a Hadamard product with W0 in each adapter's own block order). Merge the "
+            "adapters one after another instead (merge_adapter / merge_and_unload compose exactly)."
+        )
+
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """Upcast fp16/bf16 factors to float32 (PEFT's default for adapters; its helper does not see ParameterLists)."""
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)

@@ -135,3 +135,10 @@ def test_method_args_the_method_does_not_take_are_named(tiny_model_dir, train_fi
         values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", method_args=args)
         with pytest.raises(RecipeError, match=rf"method_args=.* is invalid for method 'smoa': .*{message}"):
             run_training(load_recipe(None, **values), overwrite=True, log=lambda *a: None)
+
+
+def test_evaluation_defaults_to_the_training_task():
+    assert load_recipe(None, task="math").eval_tasks == ["gsm8k"]
+    assert load_recipe(None, task="dialogue").eval_tasks == ["convai2"]
+    assert load_recipe(None).eval_tasks == ["commonsense"]
+    assert load_recipe(None, task="math", eval_tasks=[]).eval_tasks == []

@@ -91,9 +91,12 @@ class Recipe:
     tensorboard: bool = field(default=False, metadata={"help": "Also log to TensorBoard (needs `tensorboard`)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     # evaluation after training
-    eval_tasks: list[str] = field(
-        default_factory=lambda: ["commonsense"],
-        metadata={"help": "Tasks evaluated after training (a dataset, commonsense, gsm8k or convai2); [] skips."},
+    eval_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Tasks evaluated after training (a dataset, commonsense, gsm8k or convai2); [] skips; default: "
+            "the training task's (commonsense → commonsense, math → gsm8k, dialogue → convai2)."
+        },
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Seeded subsample of each evaluation set."})
     eval_method: str = field(
@@ -120,6 +123,8 @@ class Recipe:
                 raise RecipeError(
                     f"recipe key method_learning_rates.{method}={rate!r} is invalid: it must be a positive number"
                 )
+        if self.eval_tasks is None:
+            self.eval_tasks = [{"commonsense": "commonsense", "math": "gsm8k", "dialogue": "convai2"}[self.task]]
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"must be a multiple of micro_batch_size={self.micro_batch_size}")
         if self.save_steps % self.eval_steps:

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,9 @@ def build_model(recipe: Recipe):
     config.task_type = "CAUSAL_LM"
     torch.manual_seed(recipe.seed)
     try:
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing for a user to change
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
     except (TypeError, ValueError) as err:  # a base layer or a setting the method cannot take (named in err)
         raise RecipeError(f"method {recipe.method!r} cannot be applied to model {recipe.model!r}: {err}") from None
     if recipe.gradient_checkpointing:
@@ -413,8 +416,8 @@ def training_arguments(recipe: Recipe, run_dir: Path):
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         bf16=recipe.precision == "bf16",
         fp16=recipe.precision == "fp16",
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
         eval_strategy="steps",
         eval_steps=recipe.eval_steps,
         save_strategy="steps",

@@ -27,7 +27,7 @@ singular values in descending order (spectral index ``j = 0..q-1``).
   whose largest ``|cos|`` with every singular vector of ``W0`` is below ``ε = 0.5``. **Decision:** left singular
   vectors (output space) by default, ``side="right"`` for the input side.
 * **Block energy share**: ``Σ_k ‖W0[R_k, C_k]‖_F² / ‖W0‖_F²`` for SMoA's ``K`` aligned diagonal blocks under the
-  spectral, identity or random order (SPEC §1.1: the spectral order should concentrate more of ``W0``'s energy).
+  spectral, identity or random order (the spectral order should concentrate more of ``W0``'s energy).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's task families and their registry: commonsense (8 datasets), math (GSM8K) and dialogue (ConvAI2).
 
 Each family is a small module — load → records → prompt → score — and this registry says, per evaluation task, which
-prompt template and decoding settings the papers use (SPEC §3). Training code reads records from here; nothing here
+prompt template and decoding settings the papers use. Training code reads records from here; nothing here
 imports training code.
 
 Entry points a trainer uses:

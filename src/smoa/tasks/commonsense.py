@@ -1,4 +1,4 @@
-"""Commonsense reasoning: eight multiple-choice datasets in the LLM-Adapters format (SPEC §3.1).
+"""Commonsense reasoning: eight multiple-choice datasets in the LLM-Adapters format (the LLM-Adapters protocol).
 
 Each example becomes ``{"instruction", "input": "", "output": "the correct answer is X", "answer": X}`` with the
 instruction shapes LLM-Adapters published (see docs/tasks.md for how they were checked against its files):
@@ -287,7 +287,7 @@ def _olmes_docs(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def load_packaged_split(name: str, split: str) -> list[Record]:
-    """Records of a packaged split: ``split`` is ``"eval"`` (validation or test, as in SPEC §3.1) or ``"train"``."""
+    """Records of a packaged split: ``split`` is ``"eval"`` (the validation or test split) or ``"train"``."""
     spec = dataset(name)
     if split not in ("eval", "train"):
         raise ValueError(f"split must be 'eval' or 'train', got {split!r}")

@@ -1,4 +1,4 @@
-"""Dialogue: ConvAI2 / PersonaChat (self_original) in HiRA's format (SPEC §3.3).
+"""Dialogue: ConvAI2 / PersonaChat (self_original) in HiRA's format (HiRA's protocol).
 
 Input files are ParlAI's ``{train,valid}_self_original_no_cands.txt`` (the ``_cands`` variants work too: candidates
 are ignored). They are not obtainable offline: get them from ParlAI's ConvAI2 download

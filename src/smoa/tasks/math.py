@@ -1,4 +1,4 @@
-"""Math: train on MetaMathQA (or an offline stand-in), evaluate on GSM8K test with MetaMath's rule (SPEC §3.2).
+"""Math: train on MetaMathQA (or an offline stand-in), evaluate on GSM8K test with MetaMath's rule.
 
 Records: ``instruction`` = the question, ``output`` = a worked solution ending ``"The answer is: N"`` (MetaMath's
 response style), ``answer`` = N as a string. The prompt is MetaMath's (template ``metamath``); scoring is

@@ -7,7 +7,7 @@ use one); the loss covers the response only
 generated continuation. Prompt and response are tokenised separately and concatenated, so the prompt tokens seen at
 evaluation are exactly the ones seen in training.
 
-Templates (SPEC §3):
+Templates (the papers' protocols):
 
 - ``smoa`` (default for commonsense; HiRA/SMoA): Alpaca-style, response-only loss, prompt ≤ 256 tokens, response
   ≤ 16 tokens.

@@ -1,4 +1,4 @@
-"""Scoring rules of the three task families (SPEC §3), as pure functions of generated text.
+"""Scoring rules of the three task families (the papers' protocols), as pure functions of generated text.
 
 - Commonsense: the first match of the dataset's answer regex (case-sensitive) is the prediction; no match is wrong.
 - Math (MetaMath rule): the text after the LAST ``"The answer is: "``; its first number matching

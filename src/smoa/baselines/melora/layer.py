@@ -65,7 +65,7 @@ class MeLoRALayer(DenseAdapterLayer):
 
     method_name = "MeLoRA"
     adapter_layer_names = ("melora_A", "melora_B")
-    other_param_names = ("dropout",)
+    other_param_names = ("dropout", "ranks", "scalings")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: MeLoRAConfig, module_name: str = "") -> None:
         super().__init__(base_layer, module_name)

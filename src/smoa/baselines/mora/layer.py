@@ -94,7 +94,7 @@ class MoRALayer(DenseAdapterLayer):
 
     method_name = "MoRA"
     adapter_layer_names = ("mora_M",)
-    other_param_names = ("dropout",)
+    other_param_names = ("dropout", "mora_type")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: MoRAConfig, module_name: str = "") -> None:
         super().__init__(base_layer, module_name)

@@ -63,7 +63,7 @@ class SSMLoRALayer(DenseAdapterLayer):
     method_name = "SSMLoRA"
     mergeable = False
     adapter_layer_names = ("ssmlora_A", "ssmlora_B", "ssmlora_C", "ssmlora_D")
-    other_param_names = ("dropout",)
+    other_param_names = ("dropout", "alpha")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: SSMLoRAConfig, module_name: str = "") -> None:
         super().__init__(base_layer, module_name)

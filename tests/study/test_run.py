@@ -82,6 +82,7 @@ def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir,
         warmup_steps=0,
         batch_size=4,
         micro_batch_size=4,
+        budget="paper",  # the tiny model cannot hold the matched budget of SMoA r=32
     )
     data.update(output_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))
     for arm in data["arms"].values():  # the tiny model's layers are 32 wide

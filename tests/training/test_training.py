@@ -103,6 +103,15 @@ def run_script(values: dict, kill_at: int = 0, resume: bool = False, after_save:
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 
+def free_port() -> str:
+    """A TCP port nothing listens on now (the OS picks it), so parallel runs never collide on a fixed one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
@@ -200,7 +209,16 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
     script.write_text(DDP_SCRIPT.format(src=SRC, values=json.dumps(ddp)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            str(script),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -195,3 +195,17 @@ def test_a_full_disk_is_named_and_earlier_checkpoints_survive(tiny_model_dir, tr
         verify_checkpoint(intact)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_resume_from_a_chosen_checkpoint_on_the_command_line(tiny_model_dir, train_file, tmp_path):
+    from smoa.cli.main import main
+
+    run = tmp_path / "run"
+    args = ["train", "--model", str(tiny_model_dir), "--set", f"train_file={train_file}", "--set", "eval_tasks=[]",
+            "--set", "method_args={r: 4, num_blocks: 2}", "--set", "val_size=8", "--set", "batch_size=4",
+            "--set", "micro_batch_size=2", "--set", "eval_steps=2", "--set", "save_steps=2", "--set", "progress=false",
+            "--max-steps", "4", "--output-dir", str(run)]  # fmt: skip
+    assert main(args) == 0
+    assert main([*args, "--resume-from", str(run / "checkpoint-2")]) == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 4
+    assert main([*args, "--resume-from", str(run / "checkpoint-99")]) == 2  # named, one line

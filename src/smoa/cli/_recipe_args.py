@@ -31,7 +31,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     for key, text in SHORTCUTS.items():
         kind = int if key in ("train_limit", "max_steps", "eval_limit", "seed") else str
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"{text} (recipe key {key})")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    parser.add_argument(
+        "--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder (verified first)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
     parser.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 

@@ -40,12 +40,15 @@ def _run(args: argparse.Namespace) -> int:
     from smoa.methods import get_method
     from smoa.training.checkpoints import write_text_atomic
     from smoa.training.compare import compare_table, run_compare
+    from smoa.training.recipe import RecipeError
 
     recipe = recipe_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:
         get_method(method)  # unknown names fail here, before any training
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [recipe.seed]
+    if args.resume_from:
+        raise RecipeError("--resume-from names one run's checkpoint; use it with smoa train (compare: --resume)")
     results = run_compare(recipe, methods, seeds, resume=args.resume, overwrite=args.overwrite)
     table = compare_table(results)
     print(table)

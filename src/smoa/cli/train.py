@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from smoa.training.compare import compare_table
 
     recipe = recipe_from_args(args)
-    result = run_training(recipe, resume=args.resume, overwrite=args.overwrite)
+    result = run_training(recipe, resume=args.resume, overwrite=args.overwrite, resume_from=args.resume_from)
     print(compare_table([result]))
     print(f"adapter: {result.adapter_dir}\nresults: {result.run_dir}/results.json")
     print(json.dumps({"steps": result.steps, "best_val_loss": result.best_val_loss}, indent=None))

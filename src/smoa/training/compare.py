@@ -103,6 +103,8 @@ def half_width_95(result: TrainResult, datasets: list[tuple[str, str]]) -> float
     examples (:func:`smoa.evaluation.intervals.mean_accuracy_half_width`); None for non-accuracy metrics."""
     from smoa.evaluation.intervals import mean_accuracy_half_width
 
+    if not datasets:
+        return None
     accuracies, totals = [], []
     for task, name in datasets:
         summary = result.evaluation.get(task, {}).get("datasets", {}).get(name, {})

@@ -18,16 +18,21 @@ SHORTCUTS = {
 }
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", help="YAML recipe (see recipes/); keys not given take their defaults")
+def add_set_argument(parser: argparse.ArgumentParser, what: str = "a recipe key") -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe key (YAML value), e.g. --set learning_rate=1e-4 --set method_args.r=16; repeatable",
+        help=f"override {what} (YAML value), e.g. --set learning_rate=1e-4 --set method_args.r=16; repeatable",
     )
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="YAML recipe (see recipes/); keys not given take their defaults")
+    add_set_argument(parser)
     for key, text in SHORTCUTS.items():
         kind = int if key in ("train_limit", "max_steps", "eval_limit", "seed") else str
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"{text} (recipe key {key})")

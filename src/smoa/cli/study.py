@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._recipe_args import add_set_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,14 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--recipe", required=True, help="study YAML file (see recipes/study-*.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the shared training recipe, e.g. --set max_steps=10; repeatable",
-    )
+    add_set_argument(parser, "a key of the shared training recipe")
     parser.add_argument("--summarize", action="store_true", help="only rewrite tables and figures from the results")
     parser.add_argument("--plan", action="store_true", help="list the tasks still to run (ready ones first)")
     parser.add_argument("--max-tasks", type=int, default=None, help="stop after running this many tasks")

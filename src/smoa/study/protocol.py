@@ -32,9 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from smoa.training.recipe import Recipe, RecipeError, load_recipe, parse_override
+from smoa.training.recipe import Recipe, RecipeError, apply_overrides, load_recipe, read_yaml_mapping
 
 STUDY_KEYS = (
     "name", "output_dir", "results_dir", "recipe", "arms", "ablations", "primary", "sweep_seed", "seeds",
@@ -244,22 +242,8 @@ def parse_study(data: dict[str, Any], source: str = "study") -> Study:
 
 def load_study(path: str, overrides: list[str] | None = None) -> Study:
     """Read a study YAML file; ``overrides`` are ``key=value`` settings of the shared training recipe."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError as err:
-        raise StudyError(f"study file {path} does not exist (see recipes/study-*.yaml)") from err
-    except yaml.YAMLError as err:
-        raise StudyError(f"study file {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise StudyError(f"study file {path} must hold a mapping")
-    recipe = dict(_mapping(data.get("recipe"), f"study file {path}: recipe"))
-    for text in overrides or []:
-        key, value = parse_override(text)
-        if key.startswith("method_args."):
-            recipe["method_args"] = {**recipe.get("method_args", {}), key.split(".", 1)[1]: value}
-        else:
-            recipe[key] = value
+    data = read_yaml_mapping(path, "study file", StudyError)
+    recipe = apply_overrides(_mapping(data.get("recipe"), f"study file {path}: recipe"), overrides)
     return parse_study({**data, "recipe": recipe}, f"study file {path}")
 
 

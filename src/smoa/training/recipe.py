@@ -328,6 +328,35 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def read_yaml_mapping(path: str, what: str, error: type[RecipeError] = RecipeError) -> dict[str, Any]:
+    """The mapping a YAML file holds; ``error`` (naming the file as ``what``) when it is missing, not YAML or not a
+    mapping."""
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except FileNotFoundError as err:
+        raise error(f"{what} {path} does not exist (see recipes/ for the shipped ones)") from err
+    except yaml.YAMLError as err:
+        raise error(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {path} must hold a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``data`` with ``key=value`` overrides applied (``method_args.r=16`` sets one method setting); unknown keys
+    are refused with the nearest valid one."""
+    data = dict(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key.startswith("method_args."):
+            data["method_args"] = {**data.get("method_args", {}), key.split(".", 1)[1]: value}
+            continue
+        _check_keys({key: value}, f"override {text!r}")
+        data[key] = value
+    return data
+
+
 def load_recipe(path: str | None = None, overrides: list[str] | None = None, **values: Any) -> Recipe:
     """Read a YAML recipe (or start from the defaults), apply ``key=value`` overrides and keyword values.
 
@@ -336,25 +365,10 @@ def load_recipe(path: str | None = None, overrides: list[str] | None = None, **v
     """
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except FileNotFoundError as err:
-            raise RecipeError(f"recipe file {path} does not exist (see recipes/ for the shipped ones)") from err
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe file {path} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"recipe file {path} must hold a mapping of recipe keys, not {type(loaded).__name__}")
+        loaded = read_yaml_mapping(path, "recipe file")
         _check_keys(loaded, f"recipe file {path}")
         data.update(loaded)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        if key.startswith("method_args."):
-            data.setdefault("method_args", {})
-            data["method_args"] = {**data["method_args"], key.split(".", 1)[1]: value}
-            continue
-        _check_keys({key: value}, f"override {text!r}")
-        data[key] = value
+    data = apply_overrides(data, overrides)
     _check_keys(values, "argument")
     data.update({k: v for k, v in values.items() if v is not None})
     try:

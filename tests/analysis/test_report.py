@@ -9,7 +9,6 @@ import pytest
 from peft import LoraConfig
 
 from smoa import SMoAConfig
-from smoa.analysis import report as R
 from smoa.analysis.calibration import CalibrationError, calibration_prompts, read_prompts
 from smoa.baselines import SSMLoRAConfig
 from smoa.cli.main import main
@@ -116,13 +115,6 @@ def test_calibration_files(tmp_path) -> None:
         read_prompts(tmp_path / "c.jsonl")
     with pytest.raises(CalibrationError, match="does not exist"):
         calibration_prompts(tmp_path / "missing.jsonl")
-
-
-def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path) -> None:
-    target = tmp_path / "sub" / "x.txt"
-    R.atomic_write(target, "first")
-    R.atomic_write(target, b"second")
-    assert target.read_text() == "second" and [p.name for p in target.parent.iterdir()] == ["x.txt"]
 
 
 def test_bad_ceiling_methods_are_one_line_errors(capsys):

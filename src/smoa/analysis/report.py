@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from smoa._io import write_bytes_atomic
 
 from . import spectral as S
 from .ceilings import CeilingRow
@@ -68,25 +69,6 @@ DEFINITIONS = (
 
 
 # ------------------------------------------------------------------------------------------------ writing -------
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -490,17 +472,17 @@ def write_report(
             if fig is not None:
                 figures.append((name, caption, _png(fig)))
     for name, _, png in figures:
-        written[name] = atomic_write(output / "figures" / name, png)
+        written[name] = write_bytes_atomic(output / "figures" / name, png)
 
     results = {"meta": meta, "definitions": dict(DEFINITIONS), "adapters": [a.to_dict() for a in analyses]}
     if ceilings is not None:
         results["ceilings"] = ceiling_rows(ceilings)
-    written["results.json"] = atomic_write(output / "results.json", json.dumps(_json_safe(results), indent=1))
+    written["results.json"] = write_bytes_atomic(output / "results.json", json.dumps(_json_safe(results), indent=1))
     if analyses:
-        written["summary.csv"] = atomic_write(output / "summary.csv", _csv_text(summary_rows(analyses)))
-        written["layers.csv"] = atomic_write(output / "layers.csv", _csv_text(layer_rows(analyses)))
+        written["summary.csv"] = write_bytes_atomic(output / "summary.csv", _csv_text(summary_rows(analyses)))
+        written["layers.csv"] = write_bytes_atomic(output / "layers.csv", _csv_text(layer_rows(analyses)))
     if ceilings is not None:
-        written["ceilings.csv"] = atomic_write(output / "ceilings.csv", _csv_text(ceiling_rows(ceilings)))
+        written["ceilings.csv"] = write_bytes_atomic(output / "ceilings.csv", _csv_text(ceiling_rows(ceilings)))
 
     sections_md = [f"# {title}", ""]
     sections_html = [f"<h1>{html.escape(title)}</h1>"]
@@ -546,6 +528,6 @@ def write_report(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>" + "\n".join(sections_html) + "</body></html>\n"
     )
-    written["report.html"] = atomic_write(output / "report.html", page)
-    written["report.md"] = atomic_write(output / "report.md", "\n".join(sections_md))
+    written["report.html"] = write_bytes_atomic(output / "report.html", page)
+    written["report.md"] = write_bytes_atomic(output / "report.md", "\n".join(sections_md))
     return written

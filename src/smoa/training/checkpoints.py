@@ -14,6 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from smoa._io import write_json_atomic, write_text_atomic
+
+__all__ = [
+    "MANIFEST", "CheckpointError", "latest_valid_checkpoint", "list_checkpoints", "recover_staging",
+    "save_dir_atomic", "verify_checkpoint", "write_json_atomic", "write_manifest", "write_text_atomic",
+]  # fmt: skip
 MANIFEST = "smoa_manifest.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -28,27 +34,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write to a temporary file in the same folder, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(path: str | os.PathLike[str], value: object) -> None:
-    """:func:`write_text_atomic` of ``value`` as indented JSON."""
-    write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str))
 
 
 def write_manifest(checkpoint: str | os.PathLike[str]) -> None:

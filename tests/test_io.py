@@ -1,0 +1,25 @@
+"""The one atomic writer: the old file or the new one, never a partial one, and no temporary left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smoa._io import write_bytes_atomic, write_json_atomic
+
+
+def test_replaces_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "x.txt"
+    write_bytes_atomic(target, "first")
+    write_bytes_atomic(target, b"second")
+    assert target.read_text() == "second" and [p.name for p in target.parent.iterdir()] == ["x.txt"]
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "x.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"a": object()}, default=None)  # not serialisable: fails before the move
+    assert json.loads(target.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["x.json"]

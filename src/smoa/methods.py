@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -800,7 +801,9 @@ def load_adapter(base: nn.Module, adapter_dir: str | Path, is_trainable: bool = 
 
     check_adapter_folder(adapter_dir)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing for a user to change
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)
     except TypeError as error:
         raise AdapterFolderError(f"{Path(adapter_dir) / 'adapter_config.json'}: {error}") from None
     return model if is_trainable else model.eval()

@@ -278,6 +278,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close one figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
     """PNG figures: validation loss vs step per arm at its chosen rate (final runs, mean over seeds), the sweep
     (lowest validation loss vs learning rate, and every sweep run's validation curve), and accuracy per set with
@@ -302,10 +312,7 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
                 ax.fill_between(steps, np.min(curves, axis=0), np.max(curves, axis=0), alpha=0.2)
         ax.set(xlabel="step", ylabel="validation loss", title="Validation loss at each arm's chosen rate")
         ax.legend()
-        fig.tight_layout()
-        written.append(folder / "val_loss.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, folder / "val_loss.png"))
     if summary["sweeps"]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for arm, sweep in summary["sweeps"].items():
@@ -318,10 +325,7 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set(xlabel="learning rate", ylabel="lowest validation loss", title="Learning-rate sweep (circle: chosen)")
         ax.legend()
-        fig.tight_layout()
-        written.append(folder / "lr_sweep.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, folder / "lr_sweep.png"))
         arms = list(summary["sweeps"])
         fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.5), squeeze=False, sharey=True)
         for ax, arm in zip(axes[0], arms, strict=True):
@@ -331,10 +335,7 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
             ax.set(title=arm, xlabel="step", yscale="log")
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("validation loss")
-        fig.tight_layout()
-        written.append(folder / "sweep_curves.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, folder / "sweep_curves.png"))
     if summary["finals"]:
         datasets = summary["datasets"]
         variants = list(summary["finals"])
@@ -349,10 +350,7 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.set_xticks(x, [*(_display(d) for d in datasets), "Avg"])
         ax.set(ylabel="accuracy (%)", title="Test accuracy per set (mean ± std over seeds)")
         ax.legend(fontsize=8, ncol=len(variants))
-        fig.tight_layout()
-        written.append(folder / "accuracy.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, folder / "accuracy.png"))
     return written
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from smoa.evaluation.generation import cut_at_stop_strings, generate_batched, left_pad
+from smoa.evaluation.generation import cut_at_stop_strings, generate_batched, generation_config, left_pad
 from smoa.tasks import DecodingSettings
 
 
@@ -35,3 +35,14 @@ def test_continuation_is_greedy_argmax(tiny_model, tiny_tokenizer):
     with torch.no_grad():
         expected = tiny_model(torch.tensor([prompt])).logits[0, -1].argmax().item()
     assert text == tiny_tokenizer.decode([expected], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_generation_config_is_valid_for_its_beams(beams):
+    """GSM8K's length penalty of 0.9 is kept for beam search and left out of greedy decoding, where transformers
+    would warn that ``length_penalty`` is not valid (``validate(strict=True)`` raises on that warning)."""
+    decoding = DecodingSettings(max_new_tokens=8, num_beams=beams, length_penalty=0.9, no_repeat_ngram_size=4)
+    config = generation_config(decoding, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    config.validate(strict=True)
+    assert config.num_beams == beams and config.no_repeat_ngram_size == 4
+    assert config.length_penalty == (0.9 if beams > 1 else None)

@@ -31,6 +31,30 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device=None)
     return ids.to(device), mask.to(device)
 
 
+def generation_config(
+    decoding: DecodingSettings, pad_token_id: int, eos_token_id: int | None, bos_token_id: int | None
+):
+    """The ``GenerationConfig`` for ``decoding``: beam search with its length penalty, or greedy when one beam.
+
+    ``length_penalty`` and ``early_stopping`` only act in beam search; they are left out with ``num_beams == 1``,
+    where transformers would warn that they are not valid (a task's penalty of 0.9 stays right for its beams).
+    """
+    from transformers import GenerationConfig
+
+    beam = decoding.num_beams > 1
+    beam_only = {"length_penalty": decoding.length_penalty, "early_stopping": True} if beam else {}
+    return GenerationConfig(
+        max_new_tokens=decoding.max_new_tokens,
+        num_beams=decoding.num_beams,
+        do_sample=False,
+        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=bos_token_id,
+        **beam_only,
+    )
+
+
 @torch.no_grad()
 def generate_batched(
     model,
@@ -46,20 +70,8 @@ def generate_batched(
     ``decoding``'s limits. Each continuation is decoded without special tokens (generation stops at eos) and cut at
     the first stop string. ``progress`` is called with the number of prompts finished after each batch.
     """
-    from transformers import GenerationConfig
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(
-        max_new_tokens=decoding.max_new_tokens,
-        num_beams=decoding.num_beams,
-        do_sample=False,
-        length_penalty=decoding.length_penalty,
-        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
-        early_stopping=True if decoding.num_beams > 1 else False,
-        pad_token_id=pad,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    config = generation_config(decoding, pad, tokenizer.eos_token_id, tokenizer.bos_token_id)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     outputs: list[str] = [""] * len(prompts)

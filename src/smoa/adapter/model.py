@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from smoa._progress import progress_enabled
+
 from .config import SMoAConfig
 from .layer import SMoALayer, dispatch_default
+
+_NO_BAR = SimpleNamespace(update=lambda n: None)
 
 
 class SMoAModel(BaseTuner):
@@ -17,6 +24,28 @@ class SMoAModel(BaseTuner):
     prefix: str = "smoa_"
     tuner_layer_cls = SMoALayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    _orders_bar: Any = _NO_BAR  # the progress bar of a running inject_adapter
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """PEFT's injection, under a progress bar over the target layers (each computes its block orders by SVD)."""
+        from tqdm.auto import tqdm
+
+        config = self.peft_config[adapter_name]
+        svd = not getattr(config, "_orders_from_checkpoint", False) and not kwargs.get("low_cpu_mem_usage", False)
+        total = sum(1 for key, _ in model.named_modules() if self._check_target_module_exists(config, key)) or None
+        bar = tqdm(
+            total=total,
+            desc="SMoA block orders (SVD)",
+            unit="layer",
+            leave=False,
+            disable=not (svd and progress_enabled()),
+        )
+        self._orders_bar = bar
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        finally:
+            self._orders_bar = _NO_BAR
+            bar.close()
 
     def _create_and_replace(
         self,
@@ -29,12 +58,14 @@ class SMoAModel(BaseTuner):
     ) -> None:
         if isinstance(target, SMoALayer):
             target.update_layer(adapter_name, config)
+            self._orders_bar.update(1)
             return
         new_module = dispatch_default(target, adapter_name, config, module_name=current_key)
         if adapter_name not in self.active_adapters:
             # an added adapter is not trainable until it is set active
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+        self._orders_bar.update(1)
 
     def add_weighted_adapter(self, *args, **kwargs):
         """Not supported: a weighted sum of SMoA adapters is not an SMoA adapter (each ΔW_k = s·(B_k A_k) ⊙ W0 block

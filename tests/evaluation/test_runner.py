@@ -110,3 +110,25 @@ def test_dialogue_table_marks_unavailable_bertscore():
     }
     row = runner.results_markdown(result).splitlines()[2]
     assert row == "| model | 1.50 | 10.00 | 9.00 | 12.00 | 5.00 | 20.00 | n/a | n/a | n/a | n/a |"
+
+
+def test_each_finished_dataset_is_logged_as_one_line(caplog, tiny_model, tiny_tokenizer):
+    with caplog.at_level("INFO", logger="smoa.evaluation.runner"):
+        result = runner.evaluate_task(tiny_model, tiny_tokenizer, "boolq", limit=2, max_new_tokens=2, progress=False)
+    [record] = caplog.records
+    summary = result["datasets"]["boolq"]
+    assert (record.task, record.dataset) == ("boolq", "boolq")
+    assert record.getMessage() == runner.evaluation_line(summary)
+    assert record.getMessage().startswith(f"BoolQ: accuracy {summary['accuracy']:.2f}% ({summary['correct']}/2), ")
+
+
+def test_evaluation_line_for_each_kind_of_score():
+    assert runner.evaluation_line(
+        {"display": "GSM8K", "accuracy": 25.0, "correct": 1, "total": 4, "seconds": 3.14}
+    ) == ("GSM8K: accuracy 25.00% (1/4), 3.1 s")
+    assert runner.evaluation_line({"display": "ConvAI2", "avg": 12.345, "total": 9, "seconds": 2}) == (
+        "ConvAI2: avg 12.35 over 9 examples, 2.0 s"
+    )
+    assert runner.evaluation_line({"display": "mine", "perplexity": 5.5, "total": 3}) == (
+        "mine: perplexity 5.50 over 3 examples"
+    )

@@ -50,3 +50,42 @@ def test_each_method_takes_its_own_rate():
     assert recipe.for_method("smoa").learning_rate == 1e-3
     with pytest.raises(ValueError, match=r"method_learning_rates.lora=-1 is invalid"):
         load_recipe(None, method_learning_rates={"lora": -1})
+
+
+def test_compare_prints_one_line_per_finished_evaluation(monkeypatch, tmp_path):
+    """Lines come as the runner finishes each set (logged), then for sets it did not log; recipe.progress: false
+    turns the bars off during the runs; the logger is left as it was."""
+    import logging
+
+    from smoa._progress import progress_enabled
+    from smoa.evaluation.runner import evaluation_line
+    from smoa.evaluation.runner import logger as evaluation_logger
+    from smoa.training import compare
+
+    printed: list[str] = []
+    bars: list[bool] = []
+
+    def fake_training(run, *, resume, overwrite, log):
+        bars.append(progress_enabled())
+        done = result(run.method, {"boolq": 50.0, "piqa": 75.0})
+        boolq = done.evaluation["commonsense"]["datasets"]["boolq"] | {"seconds": 1.5, "correct": 50}
+        evaluation_logger.info(evaluation_line(boolq), extra={"task": "commonsense", "dataset": "boolq"})
+        printed.append("trained")
+        return done
+
+    monkeypatch.setenv("SMOA_PROGRESS", "1")
+    monkeypatch.setattr(compare, "run_training", fake_training)
+    recipe = load_recipe(None, output_dir=str(tmp_path), progress=False)
+    compare.run_compare(recipe, ["smoa", "lora"], [1], log=printed.append)
+    assert printed == [
+        "=== smoa-seed1 ===",
+        "smoa-seed1 · BOOLQ: accuracy 50.00% (50/100), 1.5 s",
+        "trained",
+        "smoa-seed1 · PIQA: accuracy 75.00% (?/100)",
+        "=== lora-seed1 ===",
+        "lora-seed1 · BOOLQ: accuracy 50.00% (50/100), 1.5 s",
+        "trained",
+        "lora-seed1 · PIQA: accuracy 75.00% (?/100)",
+    ]
+    assert bars == [False, False]
+    assert not evaluation_logger.handlers and evaluation_logger.level == logging.NOTSET

@@ -7,6 +7,9 @@ Result JSON (``evaluate_task``)::
                             "total": 100, "size": 3270, "no_answer": 2, "seconds": 12.3}, ...},
      "average": 48.9}
 
+Each finished dataset is logged at INFO on the ``smoa.evaluation.runner`` logger as :func:`evaluation_line` (with
+``extra`` fields ``task`` and ``dataset``); the library adds no handler, ``smoa compare`` prints them.
+
 Accuracies are percentages; ``average`` is the unweighted mean over the evaluated datasets (math: the one
 accuracy; dialogue: the metric dict, ``average`` = HiRA's Avg or None). ``predictions`` (optional) lists, per dataset,
 ``{"uid", "prediction", "answer", "correct"}``.
@@ -14,11 +17,13 @@ accuracy; dialogue: the metric dict, ``average`` = HiRA's Avg or None). ``predic
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from smoa._progress import progress_enabled
 from smoa.evaluation.generation import generate_batched
 from smoa.evaluation.likelihood import predict_by_likelihood
 from smoa.tasks import TaskSpec, decoding_for, dialogue, load_eval_records, resolve_tasks
@@ -28,6 +33,7 @@ from smoa.tasks.records import Record
 from smoa.tasks.scoring import dialogue_metrics, extract_choice, extract_metamath_answer
 
 Method = Literal["generate", "loglik"]
+logger = logging.getLogger(__name__)
 COMMONSENSE_COLUMNS = ("BoolQ", "PIQA", "SIQA", "HellaSwag", "WinoGrande", "ARC-e", "ARC-c", "OBQA")
 DIALOGUE_COLUMNS = (
     ("bleu", "BLEU"),
@@ -53,12 +59,28 @@ def subsample(records: Sequence[Record], limit: int | None, seed: int = 0) -> li
     return [records[i] for i in chosen]
 
 
+def evaluation_line(summary: dict[str, Any]) -> str:
+    """One dataset's result in one line: ``BoolQ: accuracy 61.00% (61/100), 12.3 s``; dialogue sets give HiRA's
+    Avg, sets scored by loss only their perplexity."""
+    name = summary.get("display", "?")
+    if summary.get("accuracy") is not None:
+        score = f"accuracy {summary['accuracy']:.2f}% ({summary.get('correct', '?')}/{summary.get('total', '?')})"
+    elif summary.get("avg") is not None:
+        score = f"avg {summary['avg']:.2f} over {summary.get('total', '?')} examples"
+    elif summary.get("perplexity") is not None:
+        score = f"perplexity {summary['perplexity']:.2f} over {summary.get('total', '?')} examples"
+    else:
+        score = f"{summary.get('total', '?')} examples"
+    seconds = summary.get("seconds")
+    return f"{name}: {score}" + ("" if seconds is None else f", {seconds:.1f} s")
+
+
 class _Progress:
-    """A tqdm bar when ``enabled``, else a no-op callable."""
+    """A tqdm bar when ``enabled`` (and :func:`smoa._progress.progress_enabled` allows bars), else a no-op."""
 
     def __init__(self, total: int, description: str, enabled: bool):
         self.bar = None
-        if enabled:
+        if enabled and progress_enabled():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=description, unit="ex", leave=False)
@@ -218,6 +240,7 @@ def evaluate_task(
         )
         summary["size"] = size
         result["datasets"][spec.name] = summary
+        logger.info(evaluation_line(summary), extra={"task": task, "dataset": spec.name})
         if keep_predictions:
             result["predictions"][spec.name] = predictions
     accuracies = [s.get("accuracy") for s in result["datasets"].values() if s.get("metric") == "accuracy"]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import statistics
+from collections.abc import Callable
 from typing import Any
+
+from smoa._progress import progress_bars
 
 from .checkpoints import write_json_atomic
 from .recipe import Recipe
@@ -24,21 +28,67 @@ def run_compare(
     log=print,
 ) -> list[TrainResult]:
     """Train and evaluate ``recipe`` once per method and seed, each in ``<run_dir>/<method>-seed<seed>``, each method
-    at its rate from ``recipe.method_learning_rates`` (else ``recipe.learning_rate``)."""
+    at its rate from ``recipe.method_learning_rates`` (else ``recipe.learning_rate``).
+
+    Each finished evaluation is logged as one line, ``<method>-seed<seed> · <dataset>: accuracy …, <seconds> s``,
+    as it finishes; ``recipe.progress: false`` turns the progress bars off.
+    """
     results = []
-    for method in methods:
-        for seed in seeds:
-            name = f"{method}-seed{seed}"
-            run = dataclasses.replace(
-                recipe.for_method(method),
-                seed=seed,
-                name=f"{recipe.name}-{name}",
-                output_dir=os.path.join(recipe.run_dir, name),
-            )
-            log(f"=== {name} ===")
-            results.append(run_training(run, resume=resume, overwrite=overwrite, log=log))
+    with EvaluationLines(log) as lines:
+        for method in methods:
+            for seed in seeds:
+                name = f"{method}-seed{seed}"
+                run = dataclasses.replace(
+                    recipe.for_method(method),
+                    seed=seed,
+                    name=f"{recipe.name}-{name}",
+                    output_dir=os.path.join(recipe.run_dir, name),
+                )
+                log(f"=== {name} ===")
+                lines.run, lines.seen = name, set()
+                with progress_bars(run.progress):
+                    result = run_training(run, resume=resume, overwrite=overwrite, log=log)
+                lines.finish(result.evaluation)
+                results.append(result)
     write_json_atomic(os.path.join(recipe.run_dir, "compare.json"), [r.__dict__ for r in results])
     return results
+
+
+class EvaluationLines(logging.Handler):
+    """Within ``with``, each evaluation the runner logs goes to ``log`` as one line naming ``run``; :meth:`finish`
+    adds a line for every evaluated dataset of the run that was not logged (those the runner does not score)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.log = log
+        self.run = ""
+        self.seen: set[tuple[str, str]] = set()
+
+    def __enter__(self) -> EvaluationLines:
+        from smoa.evaluation.runner import logger
+
+        self._level = logger.level
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from smoa.evaluation.runner import logger
+
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.add((getattr(record, "task", ""), getattr(record, "dataset", "")))
+        self.log(f"{self.run} · {record.getMessage()}")
+
+    def finish(self, evaluation: dict[str, Any]) -> None:
+        from smoa.evaluation.runner import evaluation_line
+
+        for task, result in evaluation.items():
+            for dataset, summary in result.get("datasets", {}).items():
+                if (task, dataset) not in self.seen:
+                    self.log(f"{self.run} · {evaluation_line(summary)}")
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -19,12 +19,16 @@ Two kernels, chosen per call by :class:`smoa.adapter.layer.Linear`:
   and of the anchors (``d_out·d_in/K``). Floor: ``1 + 1/(2K)`` times the frozen layer.
 * :func:`blockwise_delta_output` — only the branch ``x ΔWᵀ`` (added in place to the base output), block by block; used
   with dropout (the branch sees another input than the base), several active adapters, half-precision compute
-  (where rounding ``W0 + ΔW`` to 8 significant bits would swallow small updates) and on request.
+  (where rounding ``W0 + ΔW`` to 8 significant bits would swallow small updates), quantised bases (whose anchors
+  come from a :class:`BlockAnchors` source instead of a weight tensor) and on request.
 
 Large temporaries come from :mod:`smoa.adapter.scratch` (page-fault free on CPU).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -34,6 +38,20 @@ from .scratch import Scratch
 
 #: rows of ``W0`` staged at a time while gathering an anchor
 _ANCHOR_ROWS = 256
+
+
+@runtime_checkable
+class BlockAnchors(Protocol):
+    """A frozen base weight ``W0 (d_out, d_in)`` that cannot be indexed as a tensor (e.g. quantised storage).
+
+    ``gather(blocks, dtype)`` returns ``[W0[R_k][:, C_k] for (R_k, C_k) in blocks]`` in ``dtype``, computed afresh on
+    every call (the kernel calls it once in forward and once in backward, so nothing of size ``d_out·d_in/K`` is kept
+    between them).
+    """
+
+    shape: tuple[int, int]
+
+    def gather(self, blocks: Sequence[tuple[Tensor, Tensor]], dtype: torch.dtype) -> list[Tensor]: ...
 
 
 def build_effective_weight(
@@ -73,23 +91,26 @@ def _block_backward(
     b_k: Tensor,
     scaling: float,
     needs: tuple[bool, bool, bool],
+    anchor: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(g_k ΔM_k, ∂L/∂A_k, ∂L/∂B_k)`` of one block (each ``None`` unless asked for by ``needs``).
 
     ``g2 (N, d_out)`` and ``x2 (N, d_in)`` share one compute dtype; the factor gradients are returned in the factors'.
-    Scratch: ``x_k``, ``g_k``, the anchor, one block-sized buffer (``ΔM_k``, then ``G_k``) and staged rows of ``W0``.
+    The anchor is gathered from ``weight`` unless given (``(|rows|, |cols|)`` in the compute dtype; ``weight`` is then
+    unused). Scratch: ``x_k``, ``g_k``, the anchor, one block-sized buffer (``ΔM_k``, then ``G_k``) and staged rows.
     """
     need_x, need_a, need_b = needs
     if not (need_x or need_a or need_b):
         return None, None, None
     (n, d_in), dtype = x2.shape, x2.dtype
     block, staging = (rows.shape[0], cols.shape[0]), (min(rows.shape[0], _ANCHOR_ROWS), d_in)
-    scratch = Scratch([(n, block[1]), (n, block[0]), block, block, staging], dtype, x2.device)
+    shapes = [(n, block[1]), (n, block[0]), block] + ([block, staging] if anchor is None else [])
+    scratch = Scratch(shapes, dtype, x2.device)
     x_k = gather_columns(x2, cols, scratch.take(n, block[1]))
     g_k = gather_columns(g2, rows, scratch.take(n, block[0]))
-    anchor = scratch.take(*block)
     work = scratch.take(*block)
-    gather_anchor(weight, rows, cols, anchor, scratch.take(*staging))
+    if anchor is None:
+        anchor = gather_anchor(weight, rows, cols, scratch.take(*block), scratch.take(*staging))
     a_c, b_c = a_k.to(dtype), b_k.to(dtype)
     grad_x_k = None
     if need_x:
@@ -117,12 +138,20 @@ class _BlockwiseDelta(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         (n, d_in), d_out = x2.shape, weight.shape[0]
         out = x2.new_empty((n, d_out)) if into is None else into.view(n, d_out)
-        for rows, cols, a_k, b_k in _blocks(row_order, col_order, factors[:num_blocks], factors[num_blocks:]):
+        blocks = _blocks(row_order, col_order, factors[:num_blocks], factors[num_blocks:])
+        source = None if isinstance(weight, Tensor) else weight
+        anchors = _gathered_anchors(source, blocks, x2.dtype)
+        for k, (rows, cols, a_k, b_k) in enumerate(blocks):
             shape = (rows.shape[0], cols.shape[0])
             staging = (min(shape[0], _ANCHOR_ROWS), d_in)
-            scratch = Scratch([(n, shape[1]), shape, staging, shape, (n, shape[0])], x2.dtype, x.device)
+            shapes = [(n, shape[1]), shape, shape, (n, shape[0])] + ([staging] if source is None else [])
+            scratch = Scratch(shapes, x2.dtype, x.device)
             x_k = gather_columns(x2, cols, scratch.take(n, shape[1]))
-            anchor = gather_anchor(weight, rows, cols, scratch.take(*shape), scratch.take(*staging))
+            anchor = scratch.take(*shape)
+            if source is None:
+                gather_anchor(weight, rows, cols, anchor, scratch.take(*staging))
+            else:
+                anchor = anchors[k]
             delta = torch.mm(b_k.to(x2.dtype), a_k.to(x2.dtype), out=scratch.take(*shape))
             delta.mul_(anchor).mul_(scaling)
             y_k = torch.mm(x_k, delta.T, out=scratch.take(n, shape[0]))
@@ -130,7 +159,12 @@ class _BlockwiseDelta(torch.autograd.Function):
                 out.scatter_(1, rows.expand(n, -1), y_k)
             else:  # the branch is cast to the output's dtype before the sum, as in `base + branch.to(dtype)`
                 out.scatter_add_(1, rows.expand(n, -1), y_k.to(out.dtype))
-        ctx.save_for_backward(x, weight, row_order, col_order, *factors)
+        del anchors
+        if source is None:
+            ctx.save_for_backward(x, row_order, col_order, *factors, weight)
+        else:  # nothing of the base is kept: backward gathers the anchors again
+            ctx.save_for_backward(x, row_order, col_order, *factors)
+        ctx.source = source
         ctx.scaling = scaling
         ctx.num_blocks = num_blocks
         if into is None:
@@ -140,18 +174,22 @@ class _BlockwiseDelta(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight, row_order, col_order, *factors = ctx.saved_tensors
+        x, row_order, col_order, *rest = ctx.saved_tensors
         num_blocks = ctx.num_blocks
+        factors = rest[: 2 * num_blocks]
+        weight = rest[2 * num_blocks] if ctx.source is None else None
         blocks = _blocks(row_order, col_order, factors[:num_blocks], factors[num_blocks:])
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
+        anchors = _gathered_anchors(ctx.source, blocks, x2.dtype)
         need_x = ctx.needs_input_grad[1]
         grad_x = x2.new_empty(x2.shape) if need_x else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
         for k, (rows, cols, a_k, b_k) in enumerate(blocks):
             needs = (need_x, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
-            grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, ctx.scaling, needs)
+            anchor = None if anchors is None else anchors[k]
+            grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, ctx.scaling, needs, anchor)
             if grad_x is not None:
                 grad_x.scatter_(1, cols.expand(x2.shape[0], -1), grad_x_k)
             grad_a.append(g_a)
@@ -162,9 +200,16 @@ class _BlockwiseDelta(torch.autograd.Function):
         return (grad_into, grad_x, None, None, None, None, None, *grad_a, *grad_b)
 
 
+def _gathered_anchors(source: BlockAnchors | None, blocks: list, dtype: torch.dtype) -> list[Tensor] | None:
+    """Every block's anchor from a :class:`BlockAnchors` source in ``dtype``, or ``None`` for a plain weight tensor."""
+    if source is None:
+        return None
+    return source.gather([(rows, cols) for rows, cols, _, _ in blocks], dtype)
+
+
 def blockwise_delta_output(
     x: Tensor,
-    weight: Tensor,
+    weight: Tensor | BlockAnchors,
     row_order: Tensor,
     col_order: Tensor,
     a: list[Tensor],
@@ -174,12 +219,14 @@ def blockwise_delta_output(
 ) -> Tensor:
     """``x ΔWᵀ`` with the lean backward above; same contract as :func:`smoa.adapter.functional.delta_output`.
 
-    ``x (..., d_in)`` in the factors' dtype; ``weight (d_out, d_in)`` must be frozen (no gradient flows to it).
+    ``x (..., d_in)`` in the factors' dtype; ``weight (d_out, d_in)`` must be frozen (no gradient flows to it), or a
+    :class:`BlockAnchors` source for a base whose storage is not a float matrix (its anchors are gathered afresh in
+    forward and again in backward; nothing of the base is saved for backward).
     With ``into`` (a contiguous ``(..., d_out)`` tensor, e.g. the base layer's output) the branch is added to it in
     place, block by block, and ``into`` is returned: no separate output and no extra sum pass.
     Cost: ``N·d_out·d_in/K`` forward, twice that backward (input and factor gradients).
     """
-    if weight.requires_grad:
+    if isinstance(weight, Tensor) and weight.requires_grad:
         raise ValueError("blockwise_delta_output needs a frozen base weight; use functional.delta_output instead")
     if into is not None and (not into.is_contiguous() or into.shape != (*x.shape[:-1], weight.shape[0])):
         raise ValueError(

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from . import functional as F
-from .autograd import blockwise_delta_output, fused_linear
+from .autograd import BlockAnchors, blockwise_delta_output, fused_linear
 from .checkpoint import AdapterFileError, check_order
 from .config import SMoAConfig
 
@@ -108,12 +108,24 @@ class SMoALayer(BaseTunerLayer):
     def _to_storage_layout(self, delta: Tensor) -> Tensor:
         return delta.T if self.fan_in_fan_out else delta
 
+    def anchor_source(self) -> Tensor | BlockAnchors:
+        """Where the blockwise kernel reads the anchors: the original ``W0 (d_out, d_in)`` itself for a float base."""
+        return self.original_weight()
+
+    def anchors_require_grad(self) -> bool:
+        """Whether the anchors carry a gradient (a trainable base weight), which only the reference kernel handles."""
+        return self._original_weight is None and self.get_base_layer().weight.requires_grad
+
+    def check_base_weight(self) -> None:
+        """Refuse a base whose stored weight is not ``W0`` itself (see :func:`check_float_weight`), before any SVD."""
+        check_float_weight(self.get_base_layer(), self.module_name)
+
     # ------------------------------------------------------------------------------------------ adapter setup
     def update_layer(self, adapter_name: str, config: SMoAConfig, **kwargs: Any) -> None:
         """Add (or replace) adapter ``adapter_name`` with the settings of ``config``."""
         ranks = config.ranks
         num_blocks = config.num_blocks
-        check_float_weight(self.get_base_layer(), self.module_name)
+        self.check_base_weight()
         smaller = min(self.out_features, self.in_features)
         if num_blocks > smaller:
             raise ValueError(
@@ -232,18 +244,19 @@ class SMoALayer(BaseTunerLayer):
         a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
         row_order, col_order = self.orders(adapter_name)
         x = self.smoa_dropout[adapter_name](self._cast_input_dtype(x, a[0].dtype))
-        weight = self.original_weight()
-        if weight.requires_grad or self.kernel == "reference":
+        if self.anchors_require_grad() or self.kernel == "reference":
+            weight = self.original_weight()
             delta = F.delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name])
             return delta if into is None else into + delta.to(into.dtype)
-        return blockwise_delta_output(x, weight, row_order, col_order, a, b, self.scaling[adapter_name], into=into)
+        source = self.anchor_source()
+        return blockwise_delta_output(x, source, row_order, col_order, a, b, self.scaling[adapter_name], into=into)
 
     def add_delta_output(self, result: Tensor, x: Tensor, adapter_name: str) -> Tensor:
         """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place in ``result`` when that is safe."""
         base = self.get_base_layer()
         in_place = (
             self.kernel != "reference"
-            and not self.original_weight().requires_grad
+            and not self.anchors_require_grad()
             # a forward hook may have kept the base output: it must not see the branch added to it afterwards
             and not base._forward_hooks
             and not torch.nn.modules.module._global_forward_hooks
@@ -353,22 +366,26 @@ class Linear(nn.Module, SMoALayer):
 def unsupported_layer_message(module_name: str, module: nn.Module) -> str:
     return (
         f"SMoA cannot adapt module '{module_name}' of type {type(module).__module__}.{type(module).__qualname__}: "
-        "only torch.nn.Linear and transformers' Conv1D are supported. Remove it from target_modules "
-        "(or add it to exclude_modules)."
+        "only torch.nn.Linear, transformers' Conv1D and bitsandbytes' Linear4bit / Linear8bitLt are supported "
+        "(quantised layers of other libraries, e.g. GPTQ, AWQ or HQQ, store codes SMoA cannot anchor on). Load the "
+        "base in float or with transformers' BitsAndBytesConfig, or remove the module from target_modules (or add "
+        "it to exclude_modules)."
     )
 
 
 def check_float_weight(base: nn.Module, module_name: str) -> None:
     """Refuse a base layer whose stored weight is not a plain floating-point matrix (quantised codes, packed
-    storage, integer dtypes): its entries are not W0, and anchoring on them would silently train the wrong update."""
+    storage, integer dtypes): its entries are not W0, and anchoring on them would silently train the wrong update.
+    (bitsandbytes layers are wrapped by :mod:`smoa.adapter.bnb`, which dequantises them, and never get here.)"""
     weight = getattr(base, "weight", None)
     kind = f"{type(base).__module__}.{type(base).__qualname__}"
     if weight is None or not torch.is_floating_point(weight) or type(weight).__name__ not in ("Parameter", "Tensor"):
         what = "no weight" if weight is None else f"a {type(weight).__name__} of dtype {weight.dtype}"
         raise TypeError(
             f"module '{module_name}' ({kind}) stores {what}, not a floating-point weight matrix: SMoA anchors its "
-            "blocks on W0 itself and cannot read it from quantised or packed storage. Load the base in float32/"
-            "bfloat16/float16, or exclude this module."
+            "blocks on W0 itself and cannot read it from quantised or packed storage (only bitsandbytes 4-bit and "
+            "8-bit bases are dequantised for it). Load the base in float32/bfloat16/float16 or with transformers' "
+            "BitsAndBytesConfig, or exclude this module."
         )
 
 
@@ -432,3 +449,16 @@ def dispatch_default(target: nn.Module, adapter_name: str, config: SMoAConfig, m
     if isinstance(base, Conv1D):
         return Linear(target, adapter_name, config, fan_in_fan_out=True, module_name=module_name)
     raise TypeError(unsupported_layer_message(module_name, base))
+
+
+def dispatch_layer(target: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str) -> Linear:
+    """The SMoA layer for ``target``: a quantised one for bitsandbytes 4-bit / 8-bit layers (:mod:`.bnb`), else
+    :func:`dispatch_default`. bitsandbytes is imported only when such a layer is met."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if type(base).__module__.startswith("bitsandbytes."):
+        from .bnb import dispatch_bnb
+
+        layer = dispatch_bnb(target, adapter_name, config, module_name=module_name)
+        if layer is not None:
+            return layer
+    return dispatch_default(target, adapter_name, config, module_name=module_name)

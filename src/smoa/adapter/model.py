@@ -13,7 +13,7 @@ from torch import nn
 from smoa._progress import progress_enabled
 
 from .config import SMoAConfig
-from .layer import SMoALayer, dispatch_default
+from .layer import SMoALayer, dispatch_layer
 
 _NO_BAR = SimpleNamespace(update=lambda n: None)
 
@@ -60,7 +60,7 @@ class SMoAModel(BaseTuner):
             target.update_layer(adapter_name, config)
             self._orders_bar.update(1)
             return
-        new_module = dispatch_default(target, adapter_name, config, module_name=current_key)
+        new_module = dispatch_layer(target, adapter_name, config, module_name=current_key)
         if adapter_name not in self.active_adapters:
             # an added adapter is not trainable until it is set active
             new_module.requires_grad_(False)

@@ -8,7 +8,8 @@ import torch
 from smoa import models
 
 
-def test_local_folder_is_loaded(tmp_path):
+def write_tiny_folder(path):
+    """A 1-layer Llama and a word-level tokenizer without pad, saved as a model folder."""
     from tokenizers import Tokenizer
     from tokenizers import models as tok_models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -21,17 +22,47 @@ def test_local_folder_is_loaded(tmp_path):
         num_attention_heads=2,
         num_key_value_heads=1,
     )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-
+    LlamaForCausalLM(config).save_pretrained(path)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(tok_models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>")),
         eos_token="</s>",
         unk_token="<unk>",
     )
-    tokenizer.save_pretrained(tmp_path)
-    model, loaded = models.load_model_and_tokenizer(str(tmp_path), dtype="bfloat16", device="cpu")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_local_folder_is_loaded(tmp_path):
+    model, loaded = models.load_model_and_tokenizer(str(write_tiny_folder(tmp_path)), dtype="bfloat16", device="cpu")
     assert model.dtype == torch.bfloat16 and not model.training
     assert loaded.pad_token == "</s>"  # a tokenizer without pad gets eos
+    assert model.name_or_path == str(tmp_path)
+
+
+def test_default_model_records_its_public_id_and_the_id_loads_the_packaged_copy(tmp_path, monkeypatch):
+    """Adapters on the default model name HuggingFaceTB/SmolLM2-135M-Instruct, not the cache folder, and that id
+    loads the packaged copy again without the network (a tiny model stands in for the converted checkpoint)."""
+    import json
+    import warnings
+
+    from peft import get_peft_model
+
+    import smoa
+    from smoa.methods import load_adapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = write_tiny_folder(models.default_model_dir(tmp_path))
+    assert models.resolve_model_path(models.DEFAULT_MODEL_ID, cache=tmp_path) == str(folder)
+    model, _ = models.load_model_and_tokenizer("default", cache=tmp_path, device="cpu")
+    assert model.name_or_path == model.config.name_or_path == models.DEFAULT_MODEL_ID
+    peft_model = get_peft_model(model, smoa.SMoAConfig(r=2, num_blocks=2, target_modules=["q_proj", "v_proj"]))
+    with warnings.catch_warnings(record=True) as caught:
+        peft_model.save_pretrained(tmp_path / "adapter")
+    assert not [w for w in caught if models.DEFAULT_MODEL_ID in str(w.message)]  # offline, PEFT's hub lookup is quiet
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == models.DEFAULT_MODEL_ID
+    again, _ = models.load_model_and_tokenizer(saved["base_model_name_or_path"], cache=tmp_path, device="cpu")
+    load_adapter(again, tmp_path / "adapter")  # the base fingerprint matches: the same weights
 
 
 def test_bad_model_paths(tmp_path):

@@ -43,7 +43,7 @@ def test_math_and_dialogue_templates():
     record = Record(instruction="Given ...", output="hi there", answer="hi there")
     assert dialogue.prompt(record) + dialogue.response(record) == "CONTEXT: Given ... TARGET: hi there"
     with pytest.raises(KeyError, match="unknown prompt template"):
-        get_template("alpaca")
+        get_template("vicuna")
 
 
 def test_response_only_labels(tiny_tokenizer):

@@ -62,7 +62,7 @@ def test_run_folder_guard(tiny_model_dir, train_file, tmp_path):
     with pytest.raises(RunDirError, match="already holds this run; pass --resume"):
         run_training(load_recipe(None, **values), log=quiet)
     other = load_recipe(None, **{**values, "learning_rate": 1e-2})
-    with pytest.raises(RunDirError, match="holds a different run"):
+    with pytest.raises(RunDirError, match=r"holds a different run \(learning_rate 0.005 → 0.01\); choose"):
         run_training(other, resume=True, log=quiet)
     run_training(other, overwrite=True, log=quiet)
     foreign = tmp_path / "foreign"
@@ -71,6 +71,34 @@ def test_run_folder_guard(tiny_model_dir, train_file, tmp_path):
     with pytest.raises(RunDirError, match="holds no smoa run"):
         run_training(load_recipe(None, **{**values, "output_dir": str(foreign)}), log=quiet)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_finished_run_is_trained_further_with_resume(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=4)
+    first = run_training(load_recipe(None, **values), log=quiet)
+    shorter = load_file(Path(first.adapter_dir) / "adapter_model.safetensors")
+    longer = load_recipe(None, **{**values, "max_steps": 6})
+    with pytest.raises(RunDirError, match=r"\(max_steps 4 → 6\); pass --resume to train it further"):
+        run_training(longer, log=quiet)
+    result = run_training(longer, resume=True, log=quiet)
+    run = Path(result.run_dir)
+    assert result.steps == 6 and (run / "checkpoint-6").is_dir()
+    kept = load_file(run / "adapter-step4" / "adapter_model.safetensors")  # the shorter run's adapter, unchanged
+    assert kept.keys() == shorter.keys() and all(torch.equal(kept[k], shorter[k]) for k in kept)
+    assert json.loads((run / "results-step4.json").read_text())["steps"] == 4
+    assert json.loads((run / "run.json").read_text())["extended_from"] == [{"step": 4, "max_steps": 4}]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == 6
+    with pytest.raises(RunDirError, match=r"max_steps 6 → 5"):  # fewer steps is another run, not an extension
+        run_training(load_recipe(None, **{**values, "max_steps": 5}), resume=True, log=quiet)
+
+
+def test_a_run_that_stopped_before_training_starts_again(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"fingerprint": "0", "recipe": {"learning_rate": 1.0}}))
+    assert run_training(load_recipe(None, **values), log=quiet).steps == 2
 
 
 KILL_SCRIPT = textwrap.dedent(

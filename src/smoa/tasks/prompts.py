@@ -16,6 +16,16 @@ Templates (the papers' protocols):
   uses it too (Decision: MetaMath's own training prompt stops at ``"### Response:"``; one prompt for both keeps
   what the model reads at evaluation identical to what it was trained on), target ``" " + response``.
 - ``dialogue`` (ConvAI2, HiRA): ``"CONTEXT: {instruction} TARGET: {output}"``, loss after ``TARGET:``, ≤ 512 tokens.
+
+Templates for your own data (:mod:`smoa.tasks.custom`), each ≤ 1024 tokens unless the recipe's ``max_length`` says
+otherwise:
+
+- ``alpaca`` (instruction records): Alpaca's prompt, with its ``### Input:`` section when the record has an input;
+  response-only loss.
+- ``chat`` (chat records): the tokenizer's own chat template; the loss covers the assistant turns (each with the
+  template's end-of-turn text), the prompt at evaluation is the conversation up to the last assistant turn plus the
+  template's generation prompt. The chat template writes its own bos, so none is added.
+- ``text`` (plain text): no prompt, loss on every token.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ class PromptTemplate:
         max_prompt_tokens: keep at most this many prompt tokens (bos included), cutting from the left.
         max_response_tokens: keep at most this many response tokens (eos included), cutting from the right.
         max_length: cap on the whole sequence, cut from the right (LLM-Adapters' ``cutoff_len``).
+        prompt_format_with_input: the pattern for records with a non-empty ``input`` (Alpaca); default
+            ``prompt_format``.
+        chat: render ``record.messages`` with the tokenizer's chat template instead of the formats.
     """
 
     name: str
@@ -56,9 +69,13 @@ class PromptTemplate:
     max_prompt_tokens: int | None = None
     max_response_tokens: int | None = None
     max_length: int | None = None
+    prompt_format_with_input: str | None = None
+    chat: bool = False
 
     def prompt(self, record: Record) -> str:
-        return self.prompt_format.format(instruction=record.instruction, input=record.input)
+        """The prompt text (not for ``chat`` templates: see :func:`chat_segments`)."""
+        pattern = self.prompt_format_with_input if record.input and self.prompt_format_with_input else None
+        return (pattern or self.prompt_format).format(instruction=record.instruction, input=record.input)
 
     def response(self, record: Record) -> str:
         return self.response_format.format(output=record.output)
@@ -67,6 +84,10 @@ class PromptTemplate:
         if loss_on not in ("response", "all"):
             raise ValueError(f"loss_on must be 'response' or 'all', got {loss_on!r}")
         return replace(self, loss_on=loss_on)
+
+    def with_max_length(self, max_length: int | None) -> PromptTemplate:
+        """This template with another cap on the whole sequence (``None`` keeps the template's)."""
+        return self if max_length is None else replace(self, max_length=max_length)
 
 
 SMOA = PromptTemplate(
@@ -108,11 +129,26 @@ DIALOGUE = PromptTemplate(
     loss_on="response",
     max_length=512,
 )
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (SMOA, DORA, METAMATH, DIALOGUE)}
+_ALPACA_INPUT_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA = PromptTemplate(
+    name="alpaca",
+    prompt_format=_HEADER + "\n\n### Instruction:\n{instruction}\n\n### Response:\n",
+    prompt_format_with_input=_ALPACA_INPUT_HEADER + "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
+    "\n\n### Response:\n",
+    loss_on="response",
+    max_length=1024,
+)
+CHAT = PromptTemplate(name="chat", prompt_format="", loss_on="response", max_length=1024, chat=True)
+TEXT = PromptTemplate(name="text", prompt_format="", loss_on="all", max_length=1024)
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (SMOA, DORA, METAMATH, DIALOGUE, ALPACA, CHAT, TEXT)}
+FORMAT_TEMPLATES = {"instruction": "alpaca", "chat": "chat", "text": "text"}  # own data: format → template
 
 
 def get_template(name: str) -> PromptTemplate:
-    """A template by name (``smoa``, ``dora``, ``metamath``, ``dialogue``)."""
+    """A template by name (``smoa``, ``dora``, ``metamath``, ``dialogue``, ``alpaca``, ``chat``, ``text``)."""
     if name not in TEMPLATES:
         raise KeyError(f"unknown prompt template {name!r}; choose one of {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
@@ -135,9 +171,53 @@ def bos_prefix(tokenizer) -> list[int]:
     return [bos] if ids and ids[0] == bos else []
 
 
+def chat_segments(record: Record, tokenizer) -> list[tuple[str, bool]]:
+    """A conversation as the tokenizer's chat template renders it, cut into consecutive pieces, each with whether
+    it is an assistant turn (trained on). Concatenated, the pieces are the whole rendered conversation.
+
+    Piece boundaries fall where the template's generation prompt ends: for assistant turn i the pieces before it
+    render ``messages[:i]`` with ``add_generation_prompt=True`` and the turn is what ``messages[: i + 1]`` adds.
+
+    Raises:
+        ValueError: the tokenizer has no chat template, or its template does not render a conversation as a
+            growing prefix (so the assistant turns cannot be told apart).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the tokenizer has no chat template, so chat records cannot be rendered; use a chat (instruct) model, or "
+            "instruction records (data_format: instruction)"
+        )
+    messages = [{"role": role, "content": content} for role, content in record.messages]
+
+    def render(turns: list[dict[str, str]], generation_prompt: bool) -> str:
+        if not turns:
+            return ""
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
+
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for index, (role, _) in enumerate(record.messages):
+        if role != "assistant":
+            continue
+        before, after = render(messages[:index], True), render(messages[: index + 1], False)
+        if not before.startswith(done) or not after.startswith(before):
+            raise ValueError(
+                f"record {record.uid}: the tokenizer's chat template does not render the conversation as a growing "
+                "prefix, so its assistant turns cannot be located; use instruction records instead"
+            )
+        pieces += [(before[len(done) :], False), (after[len(before) :], True)]
+        done = after
+    rest = render(messages, False)[len(done) :]
+    return [(text, trained) for text, trained in [*pieces, (rest, False)] if text]
+
+
 def prompt_token_ids(record: Record, tokenizer, template: PromptTemplate) -> list[int]:
     """``bos + prompt`` token ids (bos as :func:`bos_prefix` decides), cut to ``template.max_prompt_tokens`` from the
-    left (the end is kept)."""
+    left (the end is kept). Chat: the conversation up to its last assistant turn, with the generation prompt."""
+    if template.chat:
+        pieces = chat_segments(record, tokenizer)
+        last = max(i for i, (_, trained) in enumerate(pieces) if trained)
+        return [token for text, _ in pieces[:last] for token in _ids(tokenizer, text)]
     ids = bos_prefix(tokenizer) + _ids(tokenizer, template.prompt(record))
     if template.max_prompt_tokens is not None and len(ids) > template.max_prompt_tokens:
         ids = ids[len(ids) - template.max_prompt_tokens :]
@@ -162,6 +242,15 @@ def tokenize_for_training(
     loss_on = loss_on or template.loss_on
     if loss_on not in ("response", "all"):
         raise ValueError(f"loss_on must be 'response' or 'all', got {loss_on!r}")
+    if template.chat:
+        input_ids, labels = [], []
+        for text, trained in chat_segments(record, tokenizer):
+            ids = _ids(tokenizer, text)
+            input_ids += ids
+            labels += ids if trained or loss_on == "all" else [IGNORE_INDEX] * len(ids)
+        if template.max_length is not None:
+            input_ids, labels = input_ids[: template.max_length], labels[: template.max_length]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
     prompt = prompt_token_ids(record, tokenizer, template)
     response = _ids(tokenizer, template.response(record))
     if tokenizer.eos_token_id is not None:

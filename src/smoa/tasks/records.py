@@ -35,6 +35,8 @@ class Record:
         dataset: the dataset name (``"boolq"``, ``"gsm8k"``, ``"convai2"`` ...).
         uid: a stable identifier inside the dataset (index or native id).
         references: every gold response for the same context (dialogue multi-reference); empty elsewhere.
+        messages: a conversation's ``(role, content)`` turns (your own chat data); empty elsewhere.
+        options: the candidate answers of a multiple-choice record of your own data (``answer`` is one of them).
     """
 
     instruction: str
@@ -44,13 +46,15 @@ class Record:
     dataset: str = ""
     uid: str = ""
     references: tuple[str, ...] = field(default=())
+    messages: tuple[tuple[str, str], ...] = field(default=())
+    options: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         """The LLM-Adapters form: ``{"instruction", "input", "output", "answer"}``."""
         return {"instruction": self.instruction, "input": self.input, "output": self.output, "answer": self.answer}
 
 
-def _text_lines(path: Path) -> Iterator[str]:
+def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file (``.gz`` allowed); bytes that are not UTF-8 raise :class:`DataFormatError`
     naming the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -75,7 +79,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    for number, line in enumerate(_text_lines(path), start=1):
+    for number, line in enumerate(text_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -98,7 +102,7 @@ def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    text = "".join(_text_lines(path))
+    text = "".join(text_lines(path))
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

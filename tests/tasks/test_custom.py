@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from tests import tiny
 
 from smoa.tasks.custom import dataset_name, has_options, load_records, template_name
 from smoa.tasks.prompts import (
@@ -16,7 +17,6 @@ from smoa.tasks.prompts import (
     tokenize_for_training,
 )
 from smoa.tasks.records import DataFormatError, Record
-from tests import tiny
 
 ROWS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
@@ -69,7 +69,7 @@ def test_a_saved_dataset_dict_gives_its_train_split_or_the_named_one(tmp_path):
     DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS[:1])}).save_to_disk(tmp_path / "d")
     assert len(load_records(tmp_path / "d")[0]) == 3
     assert len(load_records(tmp_path / "d", split="test")[0]) == 1
-    with pytest.raises(DataFormatError, match="no split 'dev' .*train, test"):
+    with pytest.raises(DataFormatError, match=r"no split 'dev' .*train, test"):
         load_records(tmp_path / "d", split="dev")
 
 
@@ -136,7 +136,7 @@ def test_bad_rows_are_named(tmp_path, rows, options, message):
 def test_csv_line_numbers_count_the_header(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("instruction,output\nAdd 1 and 1.,2\nAdd 2 and 2.,\n")
-    with pytest.raises(DataFormatError, match="d.csv, line 3: field 'output' is empty"):
+    with pytest.raises(DataFormatError, match=r"d.csv, line 3: field 'output' is empty"):
         load_records(path)
 
 

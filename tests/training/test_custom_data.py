@@ -85,7 +85,7 @@ def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_module, "build_model", no_model)
     bad = write_jsonl(tmp_path / "bad.jsonl", [*instruction_rows(10), {"instruction": "x"}])
-    with pytest.raises(DataFormatError, match="bad.jsonl, line 11: missing field 'output'"):
+    with pytest.raises(DataFormatError, match=r"bad.jsonl, line 11: missing field 'output'"):
         run_training(load_recipe(None, **custom_values(tiny_model_dir, bad, tmp_path / "a")), log=quiet)
     small = write_jsonl(tmp_path / "small.jsonl", instruction_rows(5))
     with pytest.raises(RecipeError, match=r"val_size=8 leaves no training data \(5 records in .*small.jsonl\)"):
@@ -105,7 +105,7 @@ def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_path, monkeyp
 def test_recipe_checks_for_own_data():
     with pytest.raises(RecipeError, match="train_file is required with task=custom"):
         load_recipe(None, task="custom")
-    with pytest.raises(RecipeError, match="fields.output=3"):
+    with pytest.raises(RecipeError, match=r"fields\.output=3"):
         load_recipe(None, task="custom", train_file="a.jsonl", fields={"output": 3})
     with pytest.raises(RecipeError, match="eval_metric='bleu'"):
         load_recipe(None, task="custom", train_file="a.jsonl", eval_metric="bleu")

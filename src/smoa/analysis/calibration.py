@@ -1,13 +1,12 @@
 """Calibration text for the activation-covariance analysis: from a file of prompts or an evaluation task.
 
-A file is either plain text (one prompt per non-blank line) or JSON lines / a JSON list of objects with a ``text``
-field, or ``instruction`` (plus an optional ``input``) as in LLM-Adapters records. A task name (``boolq``,
+A file is either plain text (one prompt per non-blank line) or any data file training reads (instruction, chat or
+text records in JSON, JSONL, CSV, Parquet or a saved dataset; :mod:`smoa.tasks.custom`). A task name (``boolq``,
 ``gsm8k``, ...) is resolved through :mod:`smoa.tasks` and formatted with the task's own prompt template.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,47 +22,37 @@ class CalibrationError(ValueError):
     """Calibration input that cannot be used; the message names the file or task and what to do."""
 
 
-def _record_text(item: Any, where: str) -> str:
-    if isinstance(item, str):
-        return item
-    if not isinstance(item, dict):
-        raise CalibrationError(f"{where}: expected an object with a 'text' or 'instruction' field, got {item!r:.80}")
-    if isinstance(item.get("text"), str):
-        return item["text"]
-    if isinstance(item.get("instruction"), str):
-        extra = item.get("input") or ""
-        return item["instruction"] + (f"\n{extra}" if extra else "")
-    raise CalibrationError(
-        f"{where}: no 'text' or 'instruction' string field (keys: {sorted(item)}); give each record one of them"
-    )
+def _record_text(record) -> str:
+    """The text of one of your own records: instruction (+ input), the conversation's turns, or the plain text."""
+    if record.messages:
+        return "\n".join(content for _, content in record.messages)
+    if record.instruction:
+        return record.instruction + (f"\n{record.input}" if record.input else "")
+    return record.output
 
 
 def read_prompts(path: str | os.PathLike[str], limit: int | None = None) -> list[str]:
-    """The prompts of a calibration file (``.txt``: one per line; ``.jsonl``/``.json``: ``text``/``instruction``)."""
+    """The prompts of a calibration file: ``.txt`` holds one per line; any data file that training reads (JSON,
+    JSONL, CSV, Parquet, a saved dataset; instruction, chat or text records, see :mod:`smoa.tasks.custom`) gives
+    each record's instruction (+ input), conversation or text."""
+    from smoa.tasks.custom import detect_format, read_rows, row_to_record
+    from smoa.tasks.records import DataFormatError
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CalibrationError(f"calibration file {str(path)!r} does not exist")
-    raw = path.read_text(encoding="utf-8")
-    texts: list[str] = []
-    if path.suffix == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise CalibrationError(f"{path}: not valid JSON ({error}); use a JSON list or JSON lines") from None
-        if not isinstance(data, list):
-            raise CalibrationError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        texts = [_record_text(item, f"{path} item {i}") for i, item in enumerate(data)]
-    elif path.suffix == ".jsonl":
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CalibrationError(f"{path} line {number}: not valid JSON ({error})") from None
-            texts.append(_record_text(item, f"{path} line {number}"))
+    if path.suffix == ".txt":
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        texts = [line for line in raw.splitlines() if line.strip()]
+        texts = []
+        try:
+            for location, row in read_rows(path):  # each record in its own format: a file may mix them
+                kind = detect_format(row, {}, f"{path}, {location}")
+                texts.append(
+                    _record_text(row_to_record(row, kind, {}, str(path), location, "calibration", require_output=False))
+                )
+        except DataFormatError as error:
+            raise CalibrationError(str(error)) from None
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise CalibrationError(f"calibration file {path} holds no non-empty text")
@@ -95,9 +84,9 @@ def task_prompts(task: str, limit: int | None = None) -> list[str]:
 
 def calibration_prompts(source: str | os.PathLike[str], limit: int | None = None) -> list[str]:
     """A file of prompts if ``source`` is a file, else a task name (see :func:`task_prompts`)."""
-    if Path(source).is_file():
+    if Path(source).is_file() or Path(source).is_dir():
         return read_prompts(source, limit)
-    if Path(source).suffix in (".txt", ".jsonl", ".json") or os.sep in str(source):
+    if Path(source).suffix in (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet") or os.sep in str(source):
         raise CalibrationError(f"calibration file {str(source)!r} does not exist")
     return task_prompts(str(source), limit)
 

@@ -186,9 +186,16 @@ def _options_and_answer(row, fields, where, output: str) -> tuple[tuple[str, ...
 
 
 def row_to_record(
-    row: Mapping[str, Any], data_format: str, fields: Mapping[str, str], source: str, location: str, name: str
+    row: Mapping[str, Any],
+    data_format: str,
+    fields: Mapping[str, str],
+    source: str,
+    location: str,
+    name: str,
+    require_output: bool = True,
 ) -> Record:
-    """One row as a :class:`Record` of ``data_format`` (``instruction``, ``chat`` or ``text``; see the module)."""
+    """One row as a :class:`Record` of ``data_format`` (``instruction``, ``chat`` or ``text``; see the module).
+    ``require_output=False`` accepts instruction records without an output (prompts only, for calibration)."""
     where = f"{source}, {location}"
     uid = location.split()[-1]
     if data_format == "text":
@@ -207,7 +214,8 @@ def row_to_record(
     instruction = _text(_field(row, "instruction", fields, where), fields.get("instruction", "instruction"), where)
     extra = _field(row, "input", fields, where, required=False)
     extra = "" if extra is None else _text(extra, fields.get("input", "input"), where, allow_empty=True)
-    output = _text(_field(row, "output", fields, where), fields.get("output", "output"), where)
+    output = _field(row, "output", fields, where, required=require_output)
+    output = "" if output is None else _text(output, fields.get("output", "output"), where)
     options, answer = _options_and_answer(row, fields, where, output)
     return Record(
         instruction=instruction, input=extra, output=output, answer=answer, dataset=name, uid=uid, options=options

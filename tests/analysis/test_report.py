@@ -136,3 +136,79 @@ def test_bad_ceiling_methods_are_one_line_errors(capsys):
         assert main(["analyze", "--model", "smollm2-135m", "--ceiling-only", "--method", method]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def synthetic(label: str, method: str, shift: tuple[float, float, float], null: tuple[float, float, float]):
+    """An analysed adapter of one layer with the given region shifts and random-ΔW null shifts."""
+    from smoa.analysis.collect import AdapterAnalysis, LayerAnalysis
+
+    regions = ("head", "middle", "tail")
+    lora = method == "lora"
+    layer = LayerAnalysis(
+        name="model.layers.0.self_attn.q_proj", kind="q_proj", block=0, d_out=8, d_in=8, rank=4 if lora else 6,
+        relative_rank=4, frobenius=1.0 if lora else 2.0, top_singular=1.0, ceiling=8,
+        shift=dict(zip(regions, shift, strict=True)), spectrum_before=[3.0, 2.0, 1.0], spectrum_after=[3.1, 2.1, 1.2],
+        intruders=[], random_shift=dict(zip(regions, null, strict=True)),
+    )  # fmt: skip
+    return AdapterAnalysis(label, "p", method, {}, [layer])
+
+
+SYNTHETIC = [
+    ("smoa-r32", "smoa", (0.0021, 0.012, 0.031), (0.0019, 0.011, 0.029)),
+    ("lora-r16", "lora", (0.0040, 0.004, 0.006), (0.0038, 0.0045, 0.0065)),  # reference marks just above the bars
+    ("dora", "dora", (-0.001, 0.002, 0.02), (0.0005, 0.002, 0.019)),
+]
+
+
+def test_region_shift_labels_overlap_no_bar_and_no_reference_mark() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    from smoa.analysis.report import figure_region_shift
+
+    fig = figure_region_shift([synthetic(*row) for row in SYNTHETIC])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    marks = []
+    for ax in fig.axes:
+        marks += [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle)]
+        for line in ax.lines:
+            if isinstance(line, Line2D) and line.get_marker() == "_":
+                half = line.get_markersize() * fig.dpi / 72 / 2
+                for x, y in ax.transData.transform(line.get_xydata()):
+                    marks.append(Bbox([[x - half, y - 2], [x + half, y + 2]]))
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text() and "%" in t.get_text()]
+    assert len(texts) >= 9  # every value is written somewhere
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert not any(box.overlaps(mark) for mark in marks), text.get_text()
+    plt.close(fig)
+
+
+def test_report_opens_with_a_plain_summary_from_its_own_numbers(tmp_path) -> None:
+    from smoa.analysis.collect import AdapterAnalysis
+    from smoa.analysis.report import plain_summary, write_report
+
+    analyses = [synthetic(*row) for row in SYNTHETIC]
+    analyses.append(AdapterAnalysis("ssm", "p", "ssmlora", {}, not_analysable="SSMLoRA updates cannot be merged"))
+    lines = plain_summary(analyses)
+    smoa, lora = analyses[0].summary(), analyses[1].summary()
+    assert lines[0] == (
+        "smoa-r32 (smoa) changed 1 layer with updates of mean rank 6 (ceiling 8). The sum of the smallest third of "
+        f"W0's singular values moved by +3.1% ({smoa['shift']['tail'] / smoa['random_shift']['tail']:.2f}× the +2.9% "
+        "of a random update of the same norm), that of the largest third by +0.21%; no intruder directions."
+    )
+    assert lines[3] == "ssm (ssmlora) could not be analysed: SSMLoRA updates cannot be merged."
+    assert lines[4] == (
+        f"Compared with lora-r16 (lora), smoa-r32 has {6 / 4:.2f}× its mean rank, "
+        f"{smoa['shift']['tail'] / lora['shift']['tail']:.2f}× its tail shift, {4.0:.2f}× its ‖ΔW‖²_F."
+    )
+    assert len(lines) == 6  # dora against lora too
+    write_report(analyses, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.index("## In short") < markdown.index("## Summary per adapter")
+    assert f"- {lines[4]}" in markdown
+    assert "<h2>In short</h2><ul>" in (tmp_path / "report.html").read_text()

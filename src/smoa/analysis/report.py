@@ -2,8 +2,9 @@
 
 Layout of ``<output>/``::
 
-    report.html          one page, figures embedded (base64 PNG): opens offline, can be mailed alone
-    report.md            the same tables, figures linked from figures/
+    report.html          one page, figures embedded (base64 PNG): opens offline, can be mailed alone; it opens with
+                         a few plain sentences (:func:`plain_summary`) before the tables
+    report.md            the same sentences and tables, figures linked from figures/
     results.json         every number (per adapter: settings, summary, per-layer measures and spectra)
     summary.csv          one row per adapter
     layers.csv           one row per adapter × layer
@@ -202,6 +203,59 @@ def headline_table(analyses: Sequence[AdapterAnalysis]) -> tuple[list[str], list
     return header, rows
 
 
+def _times(value: float | None, reference: float | None) -> str | None:
+    """``value / reference`` as ``"2.4×"``, None when either is missing or the reference is 0."""
+    ratio = _ratio(value, reference)
+    return None if ratio == "–" else f"{ratio}×"
+
+
+def plain_summary(analyses: Sequence[AdapterAnalysis]) -> list[str]:
+    """A few sentences for the top of the report, every number taken from the adapters' summaries: per adapter what
+    its update is (layers, rank against its ceiling) and how it moved W0's spectrum (tail and head shift, against a
+    random update of the same norm); then each adapter against the reference (the LoRA adapter if there is one, else
+    the first analysable one)."""
+    lines = []
+    analysable = []
+    for a in analyses:
+        s = a.summary()
+        if "not_analysable" in s:
+            lines.append(f"{a.label} ({a.method}) could not be analysed: {s['not_analysable']}.")
+            continue
+        analysable.append((a, s))
+        ceiling = f" (ceiling {_fmt(s['mean_ceiling'], 1)})" if s.get("mean_ceiling") is not None else ""
+        null = s.get("random_shift", {}).get("tail")
+        versus = _times(s["shift"]["tail"], null)
+        against = f" ({versus} the {_pct(null)} of a random update of the same norm)" if versus else ""
+        layers = f"{s['layers']} layer" + ("s" if s["layers"] != 1 else "")
+        intruders = (
+            f"{s['intruders']} intruder directions in {s['layers_with_intruders']} layers"
+            if s["intruders"]
+            else "no intruder directions"
+        )
+        lines.append(
+            f"{a.label} ({a.method}) changed {layers} with updates of mean rank {_fmt(s['mean_rank'], 1)}{ceiling}. "
+            f"The sum of the smallest third of W0's singular values moved by {_pct(s['shift']['tail'])}{against}, "
+            f"that of the largest third by {_pct(s['shift']['head'])}; {intruders}."
+        )
+    if len(analysable) > 1:
+        reference, ref = next(((a, s) for a, s in analysable if a.method == "lora"), analysable[0])
+        for a, s in analysable:
+            if a is reference:
+                continue
+            parts = [
+                f"{times} its {what}"
+                for what, times in (
+                    ("mean rank", _times(s["mean_rank"], ref["mean_rank"])),
+                    ("tail shift", _times(s["shift"]["tail"], ref["shift"]["tail"])),
+                    ("‖ΔW‖²_F", _times(s["mean_frobenius_sq"], ref["mean_frobenius_sq"])),
+                )
+                if times
+            ]
+            if parts:
+                lines.append(f"Compared with {reference.label} ({reference.method}), {a.label} has {', '.join(parts)}.")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ figures -------
 def _analysable(analyses: Sequence[AdapterAnalysis]) -> list[AdapterAnalysis]:
     return [a for a in analyses if a.layers]
@@ -302,28 +356,33 @@ def figure_spectrum_shift(analyses: Sequence[AdapterAnalysis], layer_names: Sequ
 
 
 def figure_region_shift(analyses: Sequence[AdapterAnalysis]):
-    """Mean relative change of the singular-value mass per region, one panel (own scale) per region."""
+    """Mean relative change of the singular-value mass per region, one panel (own scale) per region; the values and
+    the random-ΔW reference are written under each bar, where they cannot overlap the bars or the reference marks."""
     items = _analysable(analyses)
     colors = _colors(len(items))
-    fig, axes = plt.subplots(1, 3, figsize=(3.0 * 3 + 1.0, 3.8), squeeze=False)
+    panel = max(3.0, 1.1 * len(items))  # each bar keeps room for its label lines
+    fig, axes = plt.subplots(1, 3, figsize=(3 * panel + 1.0, 4.2), squeeze=False)
     titles = {"head": "head (largest third)", "middle": "middle third", "tail": "tail (smallest third)"}
+    summaries = [a.summary() for a in items]
     for ax, region in zip(axes[0], S.REGIONS, strict=True):
-        summaries = [a.summary() for a in items]
         values = [100 * s["shift"][region] for s in summaries]
-        bars = ax.bar(range(len(items)), values, color=colors)
-        ax.bar_label(bars, [f"{v:+.3g}%" for v in values], fontsize=8, padding=2)
-        nulls = [100 * s["random_shift"][region] if "random_shift" in s else np.nan for s in summaries]
+        nulls = [100 * s["random_shift"][region] if "random_shift" in s else math.nan for s in summaries]
+        ax.bar(range(len(items)), values, color=colors)
         ax.plot(range(len(items)), nulls, "k_", ms=28, mew=2, label="random ΔW, same ‖ΔW‖_F")
-        ax.set_xticks(range(len(items)), [a.label for a in items], rotation=20, ha="right", fontsize=8)
+        labels = [
+            f"{a.label}\n{v:+.3g}%" + ("" if math.isnan(n) else f"\nrandom {n:+.3g}%")
+            for a, v, n in zip(items, values, nulls, strict=True)
+        ]
+        ax.set_xticks(range(len(items)), labels, fontsize=7)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(titles[region])
-        ax.margins(y=0.2)
+        ax.margins(y=0.1)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("Σ s(W0+ΔW) / Σ s(W0) − 1  [%]")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
     fig.suptitle("Spectrum shift by region, mean over layers")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     return fig
 
 
@@ -486,6 +545,10 @@ def write_report(
 
     sections_md = [f"# {title}", ""]
     sections_html = [f"<h1>{html.escape(title)}</h1>"]
+    in_short = plain_summary(analyses)
+    if in_short:
+        sections_md += ["## In short", "", *[f"- {line}" for line in in_short], ""]
+        sections_html += ["<h2>In short</h2><ul>", *[f"<li>{html.escape(line)}</li>" for line in in_short], "</ul>"]
     if meta:
         meta_rows = [[k, v] for k, v in meta.items()]
         sections_md += [_md_table(["", ""], meta_rows), ""]

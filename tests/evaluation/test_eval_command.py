@@ -66,3 +66,21 @@ def test_eval_command_errors(tiny_model_dir, tmp_path, capsys):
     assert "not a PEFT adapter folder" in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_model_dir), "--task", "convai2", "--limit", "1"]) == 2
     assert "ConvAI2 cannot be downloaded here" in capsys.readouterr().err
+
+
+def test_eval_command_on_your_own_file(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "quiz.csv"
+    data.write_text("question,reply\nIs the sky blue?,true\nIs grass pink?,false\nIs snow white?,true\n")
+    output = tmp_path / "quiz.json"
+    argv = ["eval", "--model", str(tiny_model_dir), "--task", "custom", "--data-file", str(data), "--no-progress"]
+    fields = ["--field", "instruction=question", "--field", "output=reply"]
+    code = main([*argv, *fields, "--metric", "contains", "--max-new-tokens", "3", "--output", str(output)])
+    assert code == 0
+    assert "| Model | quiz contains | val loss | perplexity | examples |" in capsys.readouterr().out
+    summary = json.loads(output.read_text())["datasets"]["quiz"]
+    assert summary["total"] == 3 and summary["perplexity"] > 1 and "accuracy" in summary
+    assert main([*argv]) == 2  # the columns are not named: one line saying how to map them
+    err = capsys.readouterr().err
+    assert "quiz.csv, line 2: cannot tell the format" in err and err.count("\n") == 1
+    assert main([*argv[:-3], "--no-progress"]) == 2
+    assert "--task custom needs --data-file" in capsys.readouterr().err

@@ -28,8 +28,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--task",
         required=True,
-        help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k or convai2",
+        help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k, convai2, "
+        "or custom (your own --data-file)",
     )
+    own = parser.add_argument_group("your own data (--task custom)")
+    own.add_argument("--data-file", help="JSON, JSONL, CSV, Parquet file or save_to_disk folder of held-out records")
+    own.add_argument(
+        "--data-format", choices=("auto", "instruction", "chat", "text"), default="auto", help="record format"
+    )
+    own.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=COLUMN",
+        help="map a field to your column, e.g. --field instruction=question; repeatable",
+    )
+    own.add_argument(
+        "--metric",
+        choices=("auto", "exact_match", "contains", "regex", "choice", "none"),
+        default="auto",
+        help="answer metric (auto: choice with options, none for text, else exact_match); loss and perplexity always",
+    )
+    own.add_argument("--answer-regex", help="--metric regex: the pattern whose first group is the answer")
     parser.add_argument("--limit", type=positive_int, help="evaluate at most N examples per dataset (seeded subsample)")
     parser.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
     parser.add_argument(
@@ -40,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--template",
-        choices=("smoa", "dora", "metamath", "dialogue"),
-        help="prompt template (default: the task's; commonsense: smoa)",
+        choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "chat", "text"),
+        help="prompt template (default: the task's; commonsense: smoa; custom: by the records' format)",
     )
     parser.add_argument("--num-beams", type=positive_int, help="beams (default 4)")
     parser.add_argument(
@@ -76,12 +96,14 @@ def load_adapter(model, adapter_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoa.evaluation.runner import evaluate_task, results_markdown
+    from smoa.evaluation.runner import evaluate_task
     from smoa.models import load_model_and_tokenizer
     from smoa.tasks import resolve_tasks
-    from smoa.tasks.records import write_json
+    from smoa.tasks.records import DataFormatError
 
     try:
+        if args.task == "custom":
+            return run_custom(args)
         resolve_tasks(args.task)
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
@@ -105,9 +127,59 @@ def run(args: argparse.Namespace) -> int:
             bertscore_model=args.bertscore_model,
             keep_predictions=args.predictions,
         )
-    except (KeyError, FileNotFoundError, ValueError) as error:
+    except (KeyError, FileNotFoundError, ValueError, DataFormatError) as error:
         print(f"smoa eval: {error}", file=sys.stderr)
         return 2
+    return report(args, result, started)
+
+
+def run_custom(args: argparse.Namespace) -> int:
+    """``--task custom``: your own held-out records, scored by :func:`smoa.evaluation.custom.evaluate_own_data`."""
+    from smoa.evaluation.custom import evaluate_own_data
+    from smoa.evaluation.runner import subsample
+    from smoa.models import load_model_and_tokenizer
+    from smoa.tasks.custom import dataset_name, load_records, template_name
+    from smoa.tasks.prompts import get_template
+
+    if not args.data_file:
+        raise ValueError("--task custom needs --data-file: your JSON, JSONL, CSV or Parquet file of records")
+    fields = {}
+    for text in args.field:
+        name, sep, column = text.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--field {text!r} must be NAME=COLUMN, e.g. --field instruction=question")
+        fields[name] = column
+    records, _ = load_records(args.data_file, args.data_format, fields)  # before the model: errors in seconds
+    records = subsample(records, args.limit, args.seed)
+    template = get_template(args.template or template_name(records))
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    if args.adapter:
+        model = load_adapter(model, args.adapter)
+    result = evaluate_own_data(
+        model,
+        tokenizer,
+        records,
+        name=dataset_name(args.data_file),
+        template=template,
+        metric=args.metric,
+        answer_regex=args.answer_regex,
+        max_new_tokens=args.max_new_tokens or 64,
+        num_beams=args.num_beams or 1,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    if not args.predictions:
+        result.pop("predictions")
+    result["source"] = args.data_file
+    return report(args, result, started)
+
+
+def report(args: argparse.Namespace, result: dict, started: float) -> int:
+    """Print the table and write the result JSON."""
+    from smoa.evaluation.runner import results_markdown
+    from smoa.tasks.records import write_json
+
     wall = round(time.perf_counter() - started, 1)
     result.update({"model": args.model, "adapter": args.adapter, "wall_seconds": wall})
     label = Path(args.adapter).name if args.adapter else Path(args.model).name

@@ -260,7 +260,16 @@ def results_markdown(result: dict[str, Any], label: str = "model") -> str:
     dialogue metrics. Columns of datasets not evaluated are left out."""
     datasets = result["datasets"]
     families = {("dialogue" if s.get("metric") == "dialogue" else "accuracy") for s in datasets.values()}
-    if families == {"dialogue"}:
+    if result.get("task") == "custom":  # your own data: the answer metric, loss and perplexity
+        [(name, summary)] = datasets.items()
+        header = [f"{name} {summary['metric']}", "val loss", "perplexity", "examples"]
+        row = [
+            _cell(summary.get("accuracy")),
+            "n/a" if summary.get("val_loss") is None else f"{summary['val_loss']:.4f}",
+            _cell(summary.get("perplexity")),
+            str(summary["total"]),
+        ]
+    elif families == {"dialogue"}:
         [summary] = datasets.values()
         header = [name for _, name in DIALOGUE_COLUMNS]
         row = [_cell(summary.get(key)) for key, _ in DIALOGUE_COLUMNS]

@@ -114,8 +114,8 @@ def detect_format(row: Mapping[str, Any], fields: Mapping[str, str], source: str
     present = ", ".join(sorted(map(str, row))) or "none"
     raise DataFormatError(
         f"{source}: cannot tell the format from the fields ({present}); records need instruction/output, "
-        "messages, or text; name yours with the recipe key fields, e.g. fields: {instruction: question, "
-        "output: answer}, or set data_format"
+        "messages, or text: name your columns with the recipe key fields, e.g. {instruction: question, "
+        "output: answer} (smoa eval: --field instruction=question)"
     )
 
 
@@ -251,7 +251,7 @@ def load_records(
     rows = read_rows(path, split)
     if not rows:
         raise DataFormatError(f"{path}: the file holds no records")
-    kind = detect_format(rows[0][1], fields, path) if data_format == "auto" else data_format
+    kind = detect_format(rows[0][1], fields, f"{path}, {rows[0][0]}") if data_format == "auto" else data_format
     label = name or dataset_name(path)
     records = [row_to_record(row, kind, fields, str(path), location, label) for location, row in rows]
     return records, kind

@@ -148,3 +148,11 @@ def test_analyse_adapters_loads_saved_folders_and_leaves_base_untouched(tmp_path
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         C.analyse_adapters(base, [tmp_path], progress=False)
     assert S.REGIONS == ("head", "middle", "tail")
+
+
+@pytest.mark.parametrize(("env", "shown"), [("0", False), ("1", True)])
+def test_analysis_bar_follows_smoa_progress(monkeypatch, capsys, env, shown) -> None:
+    monkeypatch.setenv("SMOA_PROGRESS", env)
+    model = adapted(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    C.SpectralAnalyzer(progress=True).analyse_model(model, "lora2")
+    assert ("analyse lora2" in capsys.readouterr().err) is shown

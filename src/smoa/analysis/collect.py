@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from smoa._progress import progress_enabled
 from smoa.methods import LayerShape, block_index, get_method
 
 from . import spectral as S
@@ -139,7 +140,9 @@ def activation_covariances(
             stack.callback(handle.remove)
         device = next(model.parameters()).device
         with torch.no_grad():
-            for ids in tqdm(batches, desc="calibration", unit="text", disable=not progress, leave=False):
+            for ids in tqdm(
+                batches, desc="calibration", unit="text", disable=not progress_enabled(progress), leave=False
+            ):
                 model(input_ids=ids.to(device))
                 batch_grams.clear()
     covariances = {}
@@ -393,7 +396,9 @@ class SpectralAnalyzer:
         if not all(getattr(layer, "mergeable", True) for layer in layers.values()):
             result.not_analysable = f"{method} cannot be merged (its update depends on the input): it has no ΔW"
             return result
-        for name, layer in tqdm(layers.items(), desc=f"analyse {label}", unit="layer", disable=not self.progress):
+        for name, layer in tqdm(
+            layers.items(), desc=f"analyse {label}", unit="layer", disable=not progress_enabled(self.progress)
+        ):
             w0, w1 = merged_update(layer, adapter_name)
             result.layers.append(self.analyse_layer(name, w0, w1, method, settings, num_blocks))
         return result

@@ -9,6 +9,7 @@ memory leaves the process), minus the resident set of the bare base: the method'
     python benchmarks/run.py model      # training steps/s and peak memory, SmolLM2-135M architecture
     python benchmarks/run.py inference  # unmerged / merged vs base, tokens/s
     python benchmarks/run.py init       # spectral init time for all targeted layers
+    python benchmarks/run.py quantized  # QLoRA-style training step on an nf4 base: SMoA vs LoRA vs HiRA
     python benchmarks/run.py all --output benchmarks/RESULTS.md
 """
 
@@ -46,6 +47,7 @@ LAYER_METHODS = [
     "authors_k2",
 ]
 MODEL_METHODS = ["smoa_k2", "lora_r16", "hira_r16", "dora_r16", "authors_k2", "smoa_k2_dropout", "lora_r16_dropout"]
+QUANTIZED_METHODS = ["smoa_k2", "lora_r16", "hira_r16"]
 #: the paper's training dropout; "<method>_dropout" runs a method with it (SMoA then takes its blockwise kernel)
 PAPER_DROPOUT = 0.05
 
@@ -144,6 +146,33 @@ def make_model(method: str, seed: int = 0) -> nn.Module:
     return peft_wrap(model, method, TARGETS)
 
 
+def make_nf4_model(method: str, seed: int = 0) -> nn.Module:
+    """The SmolLM2-135M architecture with every decoder linear layer in nf4 (what ``BitsAndBytesConfig(
+    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)`` loads; the LM head and
+    embeddings stay float32), wrapped with ``method``."""
+    import bitsandbytes as bnb
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(smollm2_config())
+    device = model.lm_head.weight.device
+    for name, linear in list(model.model.named_modules()):
+        if type(linear) is not nn.Linear:
+            continue
+        quantized = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=torch.float32,
+            quant_type="nf4",
+        )
+        quantized.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4")
+        parent, _, child = name.rpartition(".")
+        model.model.get_submodule(parent).register_module(child, quantized.to(device))  # quantised on .to(device)
+    model.is_loaded_in_4bit = True  # as transformers marks it: PEFT's LoRA / HiRA pick their 4-bit layers by it
+    return peft_wrap(model, method, TARGETS)
+
+
 # ------------------------------------------------------------------------------------------------- stepping
 def layer_step(model: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> Callable[[], None]:
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,7 +237,7 @@ def _memory_child(kind: str, method: str, *args: str) -> None:
     else:
         batch, seq = int(args[0]), int(args[1])
         tokens = torch.randint(0, 49152, (batch, seq))
-        base = make_model("bare")
+        base = make_nf4_model("bare") if kind == "nf4" else make_model("bare")
         base_bytes = state_bytes(base)
         model = peft_wrap(base, method, TARGETS)
         step = train_step(model, tokens)
@@ -281,6 +310,22 @@ def bench_model(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
         row = {"method": method, "seconds": medians[method], "steps_per_s": 1.0 / medians[method]}
         if memory:
             row["peak_mib"] = peak_rss_of("model", method, str(batch), str(seq))
+        rows.append(row)
+        print(f"  {method:18s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
+    return rows
+
+
+def bench_quantized(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
+    """One training step (forward, backward, AdamW) on an nf4 base: the adapters' cost where 7B users train."""
+    print(f"nf4 base, SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
+    tokens = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
+    steps = {m: train_step(make_nf4_model(m), tokens) for m in QUANTIZED_METHODS}
+    medians = interleaved_medians(steps, repeats)
+    rows = []
+    for method in QUANTIZED_METHODS:
+        row = {"method": method, "seconds": medians[method], "steps_per_s": 1.0 / medians[method]}
+        if memory:
+            row["peak_mib"] = peak_rss_of("nf4", method, str(batch), str(seq))
         rows.append(row)
         print(f"  {method:18s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
     return rows
@@ -503,6 +548,29 @@ def write_report(results: dict, path: str, command: str) -> None:
                 f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
                 f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"
             )
+    if "quantized" in results:
+        rows = results["quantized"]
+        lines += [
+            "",
+            f"## Training step on an nf4 base (QLoRA-style; SmolLM2-135M architecture, decoder linears in nf4, "
+            f"compute float32, batch {results['batch']}, seq {results['seq']}, targets q,k,v,up,down, AdamW, median "
+            f"of {results['repeats']})",
+            "",
+        ]
+        lines += [
+            "Peak MiB: the adapter's resident state plus one step's high-water mark over the bare nf4 base. SMoA "
+            "dequantises its anchors block by block on every call (forward and backward) and keeps no float copy of "
+            "the base; HiRA dequantises the whole weight per forward.",
+            "",
+        ]
+        lines += ["| method | s/step | steps/s | vs LoRA r=16 | peak MiB | vs LoRA |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            rel_t = ratio(rows, "seconds", r["method"], "lora_r16")
+            rel_m = ratio(rows, "peak_mib", r["method"], "lora_r16") if "peak_mib" in r else float("nan")
+            lines.append(
+                f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
+                f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"
+            )
     if "inference" in results:
         rows = results["inference"]
         lines += ["", f"## Inference prefill (batch {results['batch']}, seq {results['seq']}, no grad)", ""]
@@ -568,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         _memory_child(*argv[1:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["layer", "model", "inference", "init", "data", "all"])
+    parser.add_argument("section", choices=["layer", "model", "quantized", "inference", "init", "data", "all"])
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per layer step (default 2048)")
     parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in LAYER_SHAPES), help="d_outxd_in,...")
     parser.add_argument("--batch", type=int, default=8)
@@ -593,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         results["layer"] = bench_layers(args.tokens, args.repeats, shapes, memory)
     if args.section in ("model", "all"):
         results["model"] = bench_model(args.batch, args.seq, args.repeats, memory)
+    if args.section in ("quantized", "all"):
+        results["quantized"] = bench_quantized(args.batch, args.seq, args.repeats, memory)
     if args.section in ("inference", "all"):
         results["inference"] = bench_inference(args.batch, args.seq, args.repeats)
     if args.section in ("init", "all"):

@@ -300,32 +300,19 @@ def bench_layers(tokens: int, repeats: int, shapes: list[tuple[int, int]], memor
     return rows
 
 
-def bench_model(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
-    print(f"model SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
+def bench_training(kind: str, methods: list[str], batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
+    """Training steps (forward, backward, AdamW) of the SmolLM2-135M architecture, float (``kind="model"``) or with
+    nf4 decoder linears (``kind="nf4"``: the QLoRA setting, where 7B users train), one row per method."""
+    build = make_nf4_model if kind == "nf4" else make_model
+    print(f"{kind}: SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
     tokens = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
-    steps = {m: train_step(make_model(m), tokens) for m in MODEL_METHODS}
+    steps = {m: train_step(build(m), tokens) for m in methods}
     medians = interleaved_medians(steps, repeats)
     rows = []
-    for method in MODEL_METHODS:
+    for method in methods:
         row = {"method": method, "seconds": medians[method], "steps_per_s": 1.0 / medians[method]}
         if memory:
-            row["peak_mib"] = peak_rss_of("model", method, str(batch), str(seq))
-        rows.append(row)
-        print(f"  {method:18s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
-    return rows
-
-
-def bench_quantized(batch: int, seq: int, repeats: int, memory: bool) -> list[dict]:
-    """One training step (forward, backward, AdamW) on an nf4 base: the adapters' cost where 7B users train."""
-    print(f"nf4 base, SmolLM2-135M architecture, batch={batch}, seq={seq}", flush=True)
-    tokens = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
-    steps = {m: train_step(make_nf4_model(m), tokens) for m in QUANTIZED_METHODS}
-    medians = interleaved_medians(steps, repeats)
-    rows = []
-    for method in QUANTIZED_METHODS:
-        row = {"method": method, "seconds": medians[method], "steps_per_s": 1.0 / medians[method]}
-        if memory:
-            row["peak_mib"] = peak_rss_of("nf4", method, str(batch), str(seq))
+            row["peak_mib"] = peak_rss_of(kind, method, str(batch), str(seq))
         rows.append(row)
         print(f"  {method:18s} {medians[method]:7.2f} s/step  {row.get('peak_mib', float('nan')):8.1f} MiB")
     return rows
@@ -660,9 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.section in ("layer", "all"):
         results["layer"] = bench_layers(args.tokens, args.repeats, shapes, memory)
     if args.section in ("model", "all"):
-        results["model"] = bench_model(args.batch, args.seq, args.repeats, memory)
+        results["model"] = bench_training("model", MODEL_METHODS, args.batch, args.seq, args.repeats, memory)
     if args.section in ("quantized", "all"):
-        results["quantized"] = bench_quantized(args.batch, args.seq, args.repeats, memory)
+        results["quantized"] = bench_training("nf4", QUANTIZED_METHODS, args.batch, args.seq, args.repeats, memory)
     if args.section in ("inference", "all"):
         results["inference"] = bench_inference(args.batch, args.seq, args.repeats)
     if args.section in ("init", "all"):

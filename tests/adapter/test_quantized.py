@@ -93,6 +93,17 @@ def factor_grads(model: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for name, p in model.named_parameters() if "smoa_" in name]
 
 
+def assert_close_when_merged_and_exact_when_unmerged(model, tokens, unmerged, base, codes, w0) -> None:
+    """The merged model stays near the unmerged one; unmerging restores the quantised codes and outputs exactly."""
+    with torch.no_grad():
+        merged = model(tokens).logits
+    assert (merged - unmerged).abs().max() < 0.1 * unmerged.abs().max()
+    model.unmerge_adapter()
+    assert torch.equal(base.weight.data, codes) and torch.equal(reference_dequantized(base), w0)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, unmerged)
+
+
 # ------------------------------------------------------------------------------------------------------ 4-bit
 @pytest.mark.parametrize("kind", list(FOUR_BIT))
 def test_4bit_orders_outputs_and_gradients_equal_a_float_model_of_the_dequantised_weights(base_dir, tokens, kind):
@@ -208,13 +219,7 @@ def test_4bit_merge_requantises_within_the_rounding_bound_and_unmerge_is_exact(b
     half_gap = float((book[1:] - book[:-1]).max()) / 2
     absmax = exact.reshape(-1, 64).abs().amax(dim=1, keepdim=True)
     assert bool(((merged_w - exact).reshape(-1, 64).abs() <= absmax * half_gap * (1 + 1e-6)).all())
-    with torch.no_grad():
-        merged = model(tokens).logits
-    assert (merged - unmerged).abs().max() < 0.1 * unmerged.abs().max()
-    model.unmerge_adapter()
-    assert torch.equal(base.weight.data, codes) and torch.equal(reference_dequantized(base), w0)
-    with torch.no_grad():
-        assert torch.equal(model(tokens).logits, unmerged)
+    assert_close_when_merged_and_exact_when_unmerged(model, tokens, unmerged, base, codes, w0)
 
 
 def test_4bit_sequential_merge_equals_batch_merge_exactly(base_dir):
@@ -315,13 +320,7 @@ def test_8bit_save_load_bit_identical_merge_bounded_and_unmerge_exact(base_dir, 
     # row-wise absmax int8 (from float16): within half a code step per row, plus float16 rounding
     step = exact.abs().amax(dim=1, keepdim=True) / 127
     assert bool(((merged_w - exact).abs() <= step / 2 + exact.abs() * 2**-10 + 1e-7).all())
-    with torch.no_grad():
-        merged = model(tokens).logits
-    assert (merged - unmerged).abs().max() < 0.1 * unmerged.abs().max()
-    model.unmerge_adapter()
-    assert torch.equal(base.weight.data, codes) and torch.equal(reference_dequantized(base), w0)
-    with torch.no_grad():
-        assert torch.equal(model(tokens).logits, unmerged)
+    assert_close_when_merged_and_exact_when_unmerged(model, tokens, unmerged, base, codes, w0)
 
 
 def test_kbit_training_changes_only_the_factors(base_dir, tokens):

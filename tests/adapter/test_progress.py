@@ -17,11 +17,20 @@ def config() -> smoa.SMoAConfig:
 
 
 def test_bar_counts_every_target_layer(monkeypatch, capsys):
+    import tqdm.auto
+
+    bars = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
     monkeypatch.setenv("SMOA_PROGRESS", "1")
     get_peft_model(make_llama(), config())
-    err = capsys.readouterr().err
-    assert BAR in err
-    assert "10/10" in err  # 2 layers x 5 target modules
+    assert [(bar.n, bar.total) for bar in bars] == [(10, 10)]  # 2 layers x 5 target modules, each counted once
+    assert f"{BAR}:   0%" in capsys.readouterr().err
 
 
 def test_no_bar_when_off_or_not_a_terminal(monkeypatch, capsys):

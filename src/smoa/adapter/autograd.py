@@ -28,7 +28,7 @@ Large temporaries come from :mod:`smoa.adapter.scratch` (page-fault free on CPU)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -40,7 +40,6 @@ from .scratch import Scratch
 _ANCHOR_ROWS = 256
 
 
-@runtime_checkable
 class BlockAnchors(Protocol):
     """A frozen base weight ``W0 (d_out, d_in)`` that cannot be indexed as a tensor (e.g. quantised storage).
 

@@ -59,7 +59,9 @@ class QuantizedLinear(Linear):
 
     bits: int = 0
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str = "", **kwargs):
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str = "", **kwargs: Any
+    ) -> None:
         super().__init__(base_layer, adapter_name, config, fan_in_fan_out=False, module_name=module_name, **kwargs)
 
     # ------------------------------------------------------------------------------ what subclasses provide
@@ -150,7 +152,9 @@ class Linear4bit(QuantizedLinear):
 
     bits = 4
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str = "", **kwargs):
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str = "", **kwargs: Any
+    ) -> None:
         _use_standard_cpu_layout(base_layer.get_base_layer() if isinstance(base_layer, BaseTunerLayer) else base_layer)
         super().__init__(base_layer, adapter_name, config, module_name=module_name, **kwargs)
 

@@ -39,30 +39,38 @@ def test_local_folder_is_loaded(tmp_path):
     assert model.name_or_path == str(tmp_path)
 
 
-def test_default_model_records_its_public_id_and_the_id_loads_the_packaged_copy(tmp_path, monkeypatch):
-    """Adapters on the default model name HuggingFaceTB/SmolLM2-135M-Instruct, not the cache folder, and that id
-    loads the packaged copy again without the network (a tiny model stands in for the converted checkpoint)."""
+def test_a_trained_adapter_names_the_default_model_by_its_public_id(tmp_path, monkeypatch):
+    """The final adapter of a run on the default model names HuggingFaceTB/SmolLM2-135M-Instruct, not the cache
+    folder, and that id loads the packaged copy again without the network (a tiny model stands in for the converted
+    checkpoint). Other bases keep their folder."""
     import json
-    import warnings
 
     from peft import get_peft_model
 
     import smoa
     from smoa.methods import load_adapter
+    from smoa.training.trainer import save_adapter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SMOA_CACHE_DIR", str(tmp_path))
     folder = write_tiny_folder(models.default_model_dir(tmp_path))
-    assert models.resolve_model_path(models.DEFAULT_MODEL_ID, cache=tmp_path) == str(folder)
-    model, _ = models.load_model_and_tokenizer("default", cache=tmp_path, device="cpu")
-    assert model.name_or_path == model.config.name_or_path == models.DEFAULT_MODEL_ID
+    assert models.resolve_model_path(models.DEFAULT_MODEL_ID) == str(folder)
+    model, _ = models.load_model_and_tokenizer("default", device="cpu")
+    assert model.name_or_path == str(folder)  # while training: a local folder, so PEFT never goes online
     peft_model = get_peft_model(model, smoa.SMoAConfig(r=2, num_blocks=2, target_modules=["q_proj", "v_proj"]))
-    with warnings.catch_warnings(record=True) as caught:
-        peft_model.save_pretrained(tmp_path / "adapter")
-    assert not [w for w in caught if models.DEFAULT_MODEL_ID in str(w.message)]  # offline, PEFT's hub lookup is quiet
+    save_adapter(peft_model, tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == models.DEFAULT_MODEL_ID
-    again, _ = models.load_model_and_tokenizer(saved["base_model_name_or_path"], cache=tmp_path, device="cpu")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert f"base_model: {models.DEFAULT_MODEL_ID}" in card and str(folder) not in card
+    again, _ = models.load_model_and_tokenizer(saved["base_model_name_or_path"], device="cpu")
     load_adapter(again, tmp_path / "adapter")  # the base fingerprint matches: the same weights
+
+    other, _ = models.load_model_and_tokenizer(str(write_tiny_folder(tmp_path / "mine")), device="cpu")
+    config = smoa.SMoAConfig(r=2, num_blocks=2, target_modules=["q_proj", "v_proj"])
+    save_adapter(get_peft_model(other, config), tmp_path / "adapter-mine")
+    saved = json.loads((tmp_path / "adapter-mine" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "mine")
 
 
 def test_bad_model_paths(tmp_path):

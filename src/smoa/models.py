@@ -9,21 +9,18 @@ local folder and the user is online (``HF_HUB_OFFLINE`` unset).
 The packaged weights are HuggingFaceTB/SmolLM2-135M-Instruct quantised into that GGUF file and dequantised back to
 float32: the 210 linear weights of its 30 blocks in Q4_1 (blocks of 32 weights, each with its own scale and minimum),
 the token embedding (tied to the LM head) in Q8_0, the 61 norm vectors unquantised. Architecture and tokenizer are the
-hub model's; the weights differ from its own by the rounding of those formats. A model loaded as ``"default"`` carries
-the public id (``config.name_or_path``), so adapters trained on it record ``base_model_name_or_path =
-"HuggingFaceTB/SmolLM2-135M-Instruct"``, not a cache path, and here that id names the packaged copy again
-(:func:`resolve_model_path`). For the hub's original weights, download them and give their folder. Saving an adapter,
-PEFT looks that id up on the hub when online (to see whether the vocabulary changed: one small config file); offline
-it skips the check, and its warning about it is silenced for this id.
+hub model's; the weights differ from its own by the rounding of those formats. The final adapter of
+``smoa train`` records the public id as ``base_model_name_or_path`` (:func:`record_public_base`), not a cache path,
+and here that id names the packaged copy again (:func:`resolve_model_path`). While a run trains, the model keeps its
+local folder as ``name_or_path``: PEFT reads the base's config at every save, and a hub id would make it go online
+for it. For the hub's original weights, download them and give their folder.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,9 +31,6 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the public model the packaged GGUF quantises
 
-_HUB_LOOKUP_WARNING = (
-    rf"(?s)(Could not find a config file in|Unable to fetch remote file .* in) {re.escape(DEFAULT_MODEL_ID)}\b"
-)
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -128,8 +122,7 @@ def load_model_and_tokenizer(
         device: where to put the model (default: CUDA if available, else CPU).
 
     Returns:
-        ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token (eos if it had none). The
-        default model's ``name_or_path`` is its public id :data:`DEFAULT_MODEL_ID`, not the cache folder.
+        ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token (eos if it had none).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,14 +137,37 @@ def load_model_and_tokenizer(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=offline)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if name_or_dir in (DEFAULT_MODEL, DEFAULT_MODEL_ID):
-        # PEFT records model.name_or_path as base_model_name_or_path; a cache path means nothing on another machine
-        model.config.name_or_path = model.name_or_path = tokenizer.name_or_path = DEFAULT_MODEL_ID
-        # saving an adapter, PEFT looks the id up on the hub to see whether the vocabulary grew (it cannot: the
-        # packaged model is that model); offline the lookup fails and it warns at every checkpoint
-        warnings.filterwarnings("ignore", message=_HUB_LOOKUP_WARNING, category=UserWarning)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def record_public_base(adapter_dir: str | os.PathLike[str]) -> bool:
+    """Write :data:`DEFAULT_MODEL_ID` as the base of a saved adapter whose ``adapter_config.json`` names the default
+    model's cache folder (and in its model card), so the folder means the same on another
+    machine. Returns whether it did. The files are rewritten atomically."""
+    import json
+
+    from smoa._io import write_text_atomic
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    base = config.get("base_model_name_or_path")
+    if not base or not Path(base).is_dir() or not _same_folder(Path(base), default_model_dir()):
+        return False
+    config["base_model_name_or_path"] = DEFAULT_MODEL_ID
+    write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = Path(adapter_dir) / "README.md"
+    if card.is_file():
+        text = card.read_text()
+        write_text_atomic(card, text.replace(base, DEFAULT_MODEL_ID))  # base_model: and its tags
+    return True
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

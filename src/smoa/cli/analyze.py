@@ -113,34 +113,24 @@ def _print_ceilings(rows: list) -> None:
 
 
 def load_base(model: str, tokenizer_dir: str | None) -> tuple[Any, Any]:
-    """``(model, tokenizer or None)`` for 'default' (via smoa.models) or a Hugging Face folder, in float32, eval."""
+    """``(model, tokenizer or None)`` for 'default' or a Hugging Face folder (:mod:`smoa.models`), float32, eval."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = None
-    if model == "default":
-        try:
-            from smoa.models import load_model_and_tokenizer
-        except ImportError as error:
-            raise CommandError(
-                f"--model default needs smoa.models (the packaged SmolLM2 loader), which this installation lacks "
-                f"({error}); pass a Hugging Face model folder instead"
-            ) from None
-        base, tokenizer = load_model_and_tokenizer("default", dtype=torch.float32, device="cpu")
-    else:
-        path = Path(model)
-        if model.lower() in NAMED_MODELS and not path.is_dir():
-            raise CommandError(
-                f"{model!r} is a named config without weights: it serves --ceiling-only; to analyse adapters give "
-                "the base model folder they were trained on, or 'default'"
-            )
-        if not (path / "config.json").is_file():
-            raise CommandError(f"model folder {model!r} has no config.json; give a folder written by save_pretrained")
-        base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError, TypeError):
-            tokenizer = None
+    from smoa.models import load_model, load_tokenizer
+
+    if model.lower() in NAMED_MODELS and not Path(model).is_dir():
+        raise CommandError(
+            f"{model!r} is a named config without weights: it serves --ceiling-only; to analyse adapters give "
+            "the base model folder they were trained on, or 'default'"
+        )
+    if model != "default" and not (Path(model) / "config.json").is_file():
+        raise CommandError(f"model folder {model!r} has no config.json; give a folder written by save_pretrained")
+    base = load_model(model, dtype=torch.float32, device="cpu")
+    try:
+        tokenizer = load_tokenizer(model)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # a folder saved without a tokenizer: calibration falls back to bytes
     if tokenizer_dir is not None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -7,6 +7,7 @@ import torch
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from smoa.adapter import functional as F
 from smoa.cli.main import main
 from smoa.methods import (
     BudgetUnreachableError,
@@ -18,9 +19,6 @@ from smoa.methods import (
     method_names,
     plan_all,
     plan_method,
-    smoa_layer_params,
-    smoa_layer_rank,
-    split_sizes,
 )
 
 ALL = (
@@ -59,11 +57,11 @@ def test_named_configs_have_real_sizes() -> None:
 
 
 def test_smoa_formulas(llama2) -> None:
-    assert split_sizes(11, 3) == [4, 4, 3]
-    assert smoa_layer_params(4096, 4096, [16, 16]) == 16 * (2048 + 2048) * 2
-    assert smoa_layer_params(5, 7, [2, 1]) == 2 * (4 + 3) + 1 * (3 + 2)  # rows split 4,3; cols 3,2
-    assert smoa_layer_rank(512, 512, [8, 8]) == 512
-    assert smoa_layer_rank(7, 5, [1, 0]) == 3  # block 2 has no rank
+    assert F.split_sizes(11, 3) == [4, 4, 3]
+    assert F.trainable_parameters(4096, 4096, [16, 16]) == 16 * (2048 + 2048) * 2
+    assert F.trainable_parameters(7, 5, [2, 1]) == 2 * (4 + 3) + 1 * (3 + 2)  # rows split 4,3; cols 3,2
+    assert F.rank_ceiling(512, 512, [8, 8]) == 512
+    assert F.rank_ceiling(5, 7, [1, 0]) == 3  # block 2 has no rank
     plan = plan_method("smoa", llama2)
     assert plan.trainable_params == plan_method("lora", llama2, r=16).trainable_params  # SMoA(32, K=2) = LoRA r=16
 

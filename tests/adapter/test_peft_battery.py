@@ -67,7 +67,7 @@ def test_identity_at_init_and_trainable_count(tokens):
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Σ_k r_k(|R_k| + |C_k|) per layer, from the layer shapes alone
     want = sum(
-        F.trainable_parameters(layer.out_features, layer.in_features, 2, [3, 3])
+        F.trainable_parameters(layer.out_features, layer.in_features, [3, 3])
         for layer in smoa.smoa_layers(model).values()
     )
     assert count == want

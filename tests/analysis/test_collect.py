@@ -7,10 +7,10 @@ import torch
 from peft import HiraConfig, LoraConfig
 
 from smoa import SMoAConfig
+from smoa.adapter import functional as F
 from smoa.analysis import collect as C
 from smoa.analysis import spectral as S
 from smoa.baselines import MeLoRAConfig, MoRAConfig, SSMLoRAConfig
-from smoa.methods import smoa_layer_rank
 
 from .conftest import TARGETS, adapted, calibration_batches, tiny_gpt2, tiny_llama
 
@@ -81,7 +81,7 @@ def test_identity_adapter_gives_zero_rank_and_zero_shift() -> None:
         assert (x.rank, x.relative_rank, x.frobenius, x.intruders) == (0, 0, 0.0, [])
         assert x.shift == x.random_shift == {"head": 0.0, "middle": 0.0, "tail": 0.0}
         assert x.alignment_after == x.alignment_before
-        assert x.ceiling == smoa_layer_rank(x.d_in, x.d_out, [4, 4])
+        assert x.ceiling == F.rank_ceiling(x.d_out, x.d_in, [4, 4])
     summary = analysis.summary()
     assert summary["mean_rank"] == 0 and summary["shift"]["tail"] == 0.0
 

@@ -2,11 +2,12 @@
 
 A saved adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` with, per adapted module
 ``<m>``: ``<m>.smoa_A.<k>`` ``(r_k, |C_k|)``, ``<m>.smoa_B.<k>`` ``(|R_k|, r_k)``, ``<m>.smoa_row_order`` ``(d_out,)``,
-``<m>.smoa_col_order`` ``(d_in,)`` and ``<m>.smoa_fingerprint`` (see :func:`functional.weight_fingerprint`).
+``<m>.smoa_col_order`` ``(d_in,)`` and ``<m>.smoa_fingerprint`` (see :func:`weight_fingerprint`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -14,6 +15,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 if TYPE_CHECKING:
     from .config import SMoAConfig
@@ -154,3 +156,36 @@ def check_order(order: torch.Tensor, size: int, what: str) -> None:
         raise AdapterFileError(f"{what} has shape {tuple(order.shape)}, expected ({size},).")
     if not torch.equal(torch.sort(order.cpu().long()).values, torch.arange(size)):
         raise AdapterFileError(f"{what} is not a permutation of 0..{size - 1}: the adapter file is corrupted.")
+
+
+def weight_fingerprint(weight: Tensor, n_probes: int = 8) -> Tensor:
+    """A small, device- and dtype-robust signature of a weight matrix, for recognising the base an adapter was made on.
+
+    ``[‖W‖_F, p_1 … p_n]`` in float64 with ``p_i = u_iᵀ W v_i / (‖u_i‖‖v_i‖) / rms(W)``, where ``u_i``, ``v_i`` are
+    fixed deterministic cosine probes and ``rms(W) = ‖W‖_F / √(d_out d_in)``. For unrelated weights the normalised
+    probes differ by O(1); rounding the same weights to bf16 moves them by ~1e-3.
+    """
+    w = weight.detach()
+    compute = torch.float64 if w.device.type in ("cpu", "cuda") else torch.float32
+    w = w.to(compute)
+    d_out, d_in = w.shape
+    i_out = torch.arange(d_out, dtype=compute, device=w.device)
+    i_in = torch.arange(d_in, dtype=compute, device=w.device)
+    k = torch.arange(1, n_probes + 1, dtype=compute, device=w.device).unsqueeze(1)
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    u = torch.cos(i_out * (k * golden * 2.0 + 0.5) + k)  # (n, d_out)
+    v = torch.cos(i_in * (k * golden * 3.0 + 0.25) - k)  # (n, d_in)
+    norm = torch.linalg.vector_norm(w)
+    rms = norm / math.sqrt(d_out * d_in)
+    proj = ((u @ w) * v).sum(dim=1) / (torch.linalg.vector_norm(u, dim=1) * torch.linalg.vector_norm(v, dim=1))
+    proj = proj / rms.clamp_min(torch.finfo(compute).tiny)
+    return torch.cat([norm.reshape(1), proj]).to(device="cpu", dtype=torch.float64)
+
+
+def fingerprints_match(saved: Tensor, actual: Tensor, rtol: float = 0.02, atol: float = 0.05) -> bool:
+    """Whether two :func:`weight_fingerprint` vectors describe the same weights (up to dtype rounding)."""
+    if saved.shape != actual.shape:
+        return False
+    saved, actual = saved.double().cpu(), actual.double().cpu()
+    norm_ok = bool(torch.isclose(saved[0], actual[0], rtol=rtol, atol=1e-12))
+    return norm_ok and bool(((saved[1:] - actual[1:]).abs() <= atol).all())

@@ -147,9 +147,9 @@ class SMoAConfig(PeftConfig):
     @property
     def ranks(self) -> list[int]:
         """The per-block ranks r_k actually used."""
-        from .functional import split_rank
+        from .functional import block_ranks
 
-        return list(self.branch_ranks) if self.branch_ranks is not None else split_rank(self.r, self.num_blocks)
+        return block_ranks(self.r, self.num_blocks, self.branch_ranks)
 
     @property
     def scaling(self) -> float:

@@ -13,7 +13,6 @@ Notation (one frozen linear layer, effective weight ``W0`` of shape ``(d_out, d_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -28,9 +27,10 @@ def split_sizes(size: int, num_blocks: int) -> list[int]:
     return [base + (1 if k < extra else 0) for k in range(num_blocks)]
 
 
-def split_rank(r: int, num_blocks: int) -> list[int]:
-    """Even split of the total rank ``r`` over ``num_blocks`` branches, the remainder going to the first blocks."""
-    return split_sizes(r, num_blocks)
+def block_ranks(r: int, num_blocks: int, branch_ranks: Sequence[int] | None = None) -> list[int]:
+    """The per-block ranks ``r_k``: ``branch_ranks`` when given, else the total rank ``r`` split evenly over
+    ``num_blocks`` branches with the remainder going to the first blocks (``split_sizes(r, num_blocks)``)."""
+    return list(branch_ranks) if branch_ranks is not None else split_sizes(r, num_blocks)
 
 
 def spectral_scores(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,49 +176,19 @@ def delta_output(
     return out
 
 
-def rank_ceiling(rows: Sequence[int], cols: Sequence[int], ranks: Sequence[int]) -> int:
-    """Upper bound on ``rank(ΔW)`` for full-rank anchors: ``Σ_k min(|R_k|, |C_k|, r_k·min(|R_k|, |C_k|))``.
+def trainable_parameters(d_out: int, d_in: int, ranks: Sequence[int]) -> int:
+    """``Σ_k r_k (|R_k| + |C_k|)`` for one layer ``W0 (d_out, d_in)`` with ``R = split(d_out, K)``,
+    ``C = split(d_in, K)`` and ``K = len(ranks)``."""
+    rows, cols = split_sizes(d_out, len(ranks)), split_sizes(d_in, len(ranks))
+    return sum(r_k * (n + m) for n, m, r_k in zip(rows, cols, ranks, strict=True))
+
+
+def rank_ceiling(d_out: int, d_in: int, ranks: Sequence[int]) -> int:
+    """Upper bound on ``rank(ΔW)`` of one layer ``W0 (d_out, d_in)`` for full-rank anchors:
+    ``Σ_k min(|R_k|, |C_k|, r_k·min(|R_k|, |C_k|))`` with the blocks of :func:`trainable_parameters`.
 
     ``rank((B A) ⊙ M) ≤ rank(B A)·rank(M)`` bounds each block; with full-rank anchors and ``r_k ≥ 1`` this is
     ``min(|R_k|, |C_k|)`` per block, hence generically ``min(d_out, d_in)`` overall.
     """
+    rows, cols = split_sizes(d_out, len(ranks)), split_sizes(d_in, len(ranks))
     return sum(min(r_k * min(n, m), n, m) for n, m, r_k in zip(rows, cols, ranks, strict=True))
-
-
-def trainable_parameters(d_out: int, d_in: int, num_blocks: int, ranks: Sequence[int]) -> int:
-    """``Σ_k r_k (|R_k| + |C_k|)`` for one layer."""
-    rows, cols = split_sizes(d_out, num_blocks), split_sizes(d_in, num_blocks)
-    return sum(r_k * (n + m) for n, m, r_k in zip(rows, cols, ranks, strict=True))
-
-
-def weight_fingerprint(weight: Tensor, n_probes: int = 8) -> Tensor:
-    """A small, device- and dtype-robust signature of a weight matrix, for recognising the base an adapter was made on.
-
-    ``[‖W‖_F, p_1 … p_n]`` in float64 with ``p_i = u_iᵀ W v_i / (‖u_i‖‖v_i‖) / rms(W)``, where ``u_i``, ``v_i`` are
-    fixed deterministic cosine probes and ``rms(W) = ‖W‖_F / √(d_out d_in)``. For unrelated weights the normalised
-    probes differ by O(1); rounding the same weights to bf16 moves them by ~1e-3.
-    """
-    w = weight.detach()
-    compute = torch.float64 if w.device.type in ("cpu", "cuda") else torch.float32
-    w = w.to(compute)
-    d_out, d_in = w.shape
-    i_out = torch.arange(d_out, dtype=compute, device=w.device)
-    i_in = torch.arange(d_in, dtype=compute, device=w.device)
-    k = torch.arange(1, n_probes + 1, dtype=compute, device=w.device).unsqueeze(1)
-    golden = (math.sqrt(5.0) - 1.0) / 2.0
-    u = torch.cos(i_out * (k * golden * 2.0 + 0.5) + k)  # (n, d_out)
-    v = torch.cos(i_in * (k * golden * 3.0 + 0.25) - k)  # (n, d_in)
-    norm = torch.linalg.vector_norm(w)
-    rms = norm / math.sqrt(d_out * d_in)
-    proj = ((u @ w) * v).sum(dim=1) / (torch.linalg.vector_norm(u, dim=1) * torch.linalg.vector_norm(v, dim=1))
-    proj = proj / rms.clamp_min(torch.finfo(compute).tiny)
-    return torch.cat([norm.reshape(1), proj]).to(device="cpu", dtype=torch.float64)
-
-
-def fingerprints_match(saved: Tensor, actual: Tensor, rtol: float = 0.02, atol: float = 0.05) -> bool:
-    """Whether two :func:`weight_fingerprint` vectors describe the same weights (up to dtype rounding)."""
-    if saved.shape != actual.shape:
-        return False
-    saved, actual = saved.double().cpu(), actual.double().cpu()
-    norm_ok = bool(torch.isclose(saved[0], actual[0], rtol=rtol, atol=1e-12))
-    return norm_ok and bool(((saved[1:] - actual[1:]).abs() <= atol).all())

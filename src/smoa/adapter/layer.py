@@ -24,7 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import functional as F
 from .autograd import BlockAnchors, blockwise_delta_output, fused_linear
-from .checkpoint import AdapterFileError, check_order
+from .checkpoint import AdapterFileError, check_order, fingerprints_match, weight_fingerprint
 from .config import SMoAConfig
 
 _UNSET = -1  # fills an order buffer whose values will come from a checkpoint
@@ -167,7 +167,7 @@ class SMoALayer(BaseTunerLayer):
             with gather_params_ctx(weight):
                 original = self.original_weight()
                 check_finite(original, self.module_name)
-                self._base_fingerprint = F.weight_fingerprint(original)
+                self._base_fingerprint = weight_fingerprint(original)
                 if not getattr(config, "_from_checkpoint", False):
                     self.smoa_fingerprint[adapter_name] = self._base_fingerprint.clone()
                 if not getattr(config, "_orders_from_checkpoint", False):
@@ -422,7 +422,7 @@ def _check_loaded_state(module: nn.Module, incompatible_keys: Any) -> None:
                 "base, load the config with SMoAConfig.from_pretrained(dir), set base_fingerprint_check='off', and "
                 "pass config=... to PeftModel.from_pretrained."
             )
-        elif not F.fingerprints_match(saved, actual):
+        elif not fingerprints_match(saved, actual):
             message = (
                 f"Adapter '{adapter_name}' of module '{module.module_name}' was trained on a different base weight "
                 f"(saved fingerprint norm {float(saved[0]):.6g}, this base {float(actual[0]):.6g}). Its block anchors "

@@ -49,7 +49,7 @@ def test_a_trained_adapter_names_the_default_model_by_its_public_id(tmp_path, mo
 
     import smoa
     from smoa.methods import load_adapter
-    from smoa.training.trainer import save_adapter
+    from smoa.training.model_card import save_adapter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SMOA_CACHE_DIR", str(tmp_path))
@@ -63,6 +63,7 @@ def test_a_trained_adapter_names_the_default_model_by_its_public_id(tmp_path, mo
     assert saved["base_model_name_or_path"] == models.DEFAULT_MODEL_ID
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert f"base_model: {models.DEFAULT_MODEL_ID}" in card and str(folder) not in card
+    assert "- smoa\n" in card and "import smoa" in card and 'load_model_and_tokenizer("default")' in card
     again, _ = models.load_model_and_tokenizer(saved["base_model_name_or_path"], device="cpu")
     load_adapter(again, tmp_path / "adapter")  # the base fingerprint matches: the same weights
 
@@ -71,6 +72,8 @@ def test_a_trained_adapter_names_the_default_model_by_its_public_id(tmp_path, mo
     save_adapter(get_peft_model(other, config), tmp_path / "adapter-mine")
     saved = json.loads((tmp_path / "adapter-mine" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(tmp_path / "mine")
+    card = (tmp_path / "adapter-mine" / "README.md").read_text()
+    assert f'AutoModelForCausalLM.from_pretrained("{tmp_path / "mine"}")' in card and card.count("## Loading") == 1
 
 
 def test_bad_model_paths(tmp_path):

@@ -59,3 +59,9 @@ def register_peft_tuner(name: str, config_cls: type[PeftConfig], tuner_cls: type
     PEFT_TYPE_TO_CONFIG_MAPPING[name] = config_cls
     PEFT_TYPE_TO_TUNER_MAPPING[name] = tuner_cls
     PEFT_TYPE_TO_PREFIX_MAPPING[name] = prefix
+
+
+def tag_base_model(model, tags: list[str]) -> None:
+    """Add ``tags`` to a transformers model's ``model_tags``; PEFT writes them into the saved model card's tags."""
+    if hasattr(model, "add_model_tags"):
+        model.add_model_tags(tags)

@@ -11,6 +11,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from torch import nn
 
 from smoa._progress import progress_enabled
+from smoa.peft_integration import tag_base_model
 
 from .config import SMoAConfig
 from .layer import SMoALayer, dispatch_layer
@@ -25,6 +26,10 @@ class SMoAModel(BaseTuner):
     tuner_layer_cls = SMoALayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     _orders_bar: Any = _NO_BAR  # the progress bar of a running inject_adapter
+
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        tag_base_model(model, ["smoa"])  # the saved model card's tags name the method
+        super().__init__(model, *args, **kwargs)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         """PEFT's injection, under a progress bar over the target layers (each computes its block orders by SVD)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from smoa._memory import peak_memory_mib, peak_memory_reset
 from smoa._progress import progress_bars, progress_enabled
 
 from .checkpoints import (
@@ -371,31 +372,6 @@ def extend_run(recipe: Recipe, run_dir: Path, run_file: Path, differences, saved
         f"extending {run_dir} from step {steps} ({key} {before} → {now}); the learning-rate schedule is recomputed "
         f"for the longer run; the adapter of the shorter run is kept in {run_dir / f'adapter-step{steps}'}"
     )
-
-
-def peak_memory_reset() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    elif os.path.exists("/proc/self/clear_refs"):
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-
-
-def peak_memory_mib() -> float | None:
-    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU, Linux) since the last reset."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # --------------------------------------------------------------------------------------------------- training

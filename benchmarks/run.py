@@ -30,6 +30,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from smoa._io import write_text_atomic
+from smoa._memory import process_memory_kib, reset_process_peak
+from smoa.analysis.report import markdown_table
+
 warnings.filterwarnings("ignore")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
@@ -246,8 +250,8 @@ def _memory_child(kind: str, method: str, *args: str) -> None:
     resident = state_bytes(model) - base_bytes
     before = _rss_kib("VmRSS")
     step()  # warm-up; optimizer moments and gradients created here count towards the step below
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the high-water mark VmHWM to the current RSS (Linux >= 4.0)
+    if not reset_process_peak():  # VmHWM back to the current RSS (Linux >= 4.0)
+        raise RuntimeError("cannot reset VmHWM through /proc/self/clear_refs; the memory section needs Linux >= 4.0")
     step()
     step_mib = (_rss_kib("VmHWM") - before) / 1024
     print(json.dumps({"peak_mib": resident / 2**20 + step_mib, "resident_mib": resident / 2**20}))
@@ -274,11 +278,10 @@ def state_bytes(model: nn.Module) -> int:
 
 
 def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
+    value = process_memory_kib(field)
+    if value is None:
+        raise RuntimeError(f"{field} not found in /proc/self/status; the memory section needs Linux")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -464,6 +467,20 @@ def ratio(rows: list[dict], key: str, num: str, den: str, **match) -> float:
 READING = "## Reading the numbers"
 
 
+def step_table(rows: list[dict], reference: Callable[[str], str]) -> str:
+    """Training-step rows as a markdown table, time and peak memory relative to each row's ``reference(method)``."""
+    table = []
+    for r in rows:
+        lora = reference(r["method"])
+        rel_t = ratio(rows, "seconds", r["method"], lora)
+        rel_m = ratio(rows, "peak_mib", r["method"], lora) if "peak_mib" in r else float("nan")
+        table.append(
+            [r["method"], f"{r['seconds']:.2f}", f"{r['steps_per_s']:.3f}", f"{rel_t:.3f}",
+             f"{r.get('peak_mib', float('nan')):.0f}", f"{rel_m:.3f}"]
+        )  # fmt: skip
+    return markdown_table(["method", "s/step", "steps/s", "vs LoRA r=16", "peak MiB", "vs LoRA"], table)
+
+
 def write_report(results: dict, path: str, command: str) -> None:
     lines = ["# Benchmark results", "", f"Command: `{command}`", ""]
     for section, other in results.get("commands", {}).items():
@@ -474,31 +491,20 @@ def write_report(results: dict, path: str, command: str) -> None:
         rows = results["layer"]
         lines += [f"## Layer forward+backward (tokens = {results['tokens']}, fp32, median of {results['repeats']})", ""]
         shapes = list(dict.fromkeys(r["shape"] for r in rows))
-        lines.append(
-            "| method | "
-            + " | ".join(f"{s} ms" for s in shapes)
-            + " | "
-            + " | ".join(f"{s} / base" for s in shapes)
-            + " |"
-        )
-        lines.append("|---" * (1 + 2 * len(shapes)) + "|")
+        header = ["method", *(f"{s} ms" for s in shapes), *(f"{s} / base" for s in shapes)]
+        table = []
         for method in LAYER_METHODS:
             ms = [next(r["seconds"] for r in rows if r["shape"] == s and r["method"] == method) * 1e3 for s in shapes]
             rel = [ratio(rows, "seconds", method, "base", shape=s) for s in shapes]
-            lines.append(
-                f"| {method} | "
-                + " | ".join(f"{v:.1f}" for v in ms)
-                + " | "
-                + " | ".join(f"{v:.2f}" for v in rel)
-                + " |"
-            )
+            table.append([method, *(f"{v:.1f}" for v in ms), *(f"{v:.2f}" for v in rel)])
+        lines.append(markdown_table(header, table))
         if "peak_mib" in rows[0]:
             lines += ["", "Peak extra memory of one step (MiB):", ""]
-            lines.append("| method | " + " | ".join(shapes) + " |")
-            lines.append("|---" * (1 + len(shapes)) + "|")
+            table = []
             for method in LAYER_METHODS:
                 mib = [next(r["peak_mib"] for r in rows if r["shape"] == s and r["method"] == method) for s in shapes]
-                lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in mib) + " |")
+                table.append([method, *(f"{v:.1f}" for v in mib)])
+            lines.append(markdown_table(["method", *shapes], table))
         big = "4096x4096"
         if big in shapes:
             lines += ["", f"Targets at {big}:", ""]
@@ -526,15 +532,7 @@ def write_report(results: dict, path: str, command: str) -> None:
             "same dropout; the others use none.",
             "",
         ]
-        lines += ["| method | s/step | steps/s | vs LoRA r=16 | peak MiB | vs LoRA |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            lora = "lora_r16_dropout" if r["method"].endswith("_dropout") else "lora_r16"
-            rel_t = ratio(rows, "seconds", r["method"], lora)
-            rel_m = ratio(rows, "peak_mib", r["method"], lora) if "peak_mib" in r else float("nan")
-            lines.append(
-                f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
-                f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"
-            )
+        lines.append(step_table(rows, lambda method: "lora_r16_dropout" if method.endswith("_dropout") else "lora_r16"))
     if "quantized" in results:
         rows = results["quantized"]
         lines += [
@@ -550,22 +548,15 @@ def write_report(results: dict, path: str, command: str) -> None:
             "the base; HiRA dequantises the whole weight per forward.",
             "",
         ]
-        lines += ["| method | s/step | steps/s | vs LoRA r=16 | peak MiB | vs LoRA |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            rel_t = ratio(rows, "seconds", r["method"], "lora_r16")
-            rel_m = ratio(rows, "peak_mib", r["method"], "lora_r16") if "peak_mib" in r else float("nan")
-            lines.append(
-                f"| {r['method']} | {r['seconds']:.2f} | {r['steps_per_s']:.3f} | {rel_t:.3f} | "
-                f"{r.get('peak_mib', float('nan')):.0f} | {rel_m:.3f} |"
-            )
+        lines.append(step_table(rows, lambda method: "lora_r16"))
     if "inference" in results:
         rows = results["inference"]
         lines += ["", f"## Inference prefill (batch {results['batch']}, seq {results['seq']}, no grad)", ""]
-        lines += ["| model | tokens/s | vs base |", "|---|---|---|"]
-        for r in rows:
-            lines.append(
-                f"| {r['method']} | {r['tokens_per_s']:.0f} | {ratio(rows, 'seconds', 'base', r['method']):.3f} |"
-            )
+        table = [
+            [r["method"], f"{r['tokens_per_s']:.0f}", f"{ratio(rows, 'seconds', 'base', r['method']):.3f}"]
+            for r in rows
+        ]
+        lines.append(markdown_table(["model", "tokens/s", "vs base"], table))
     if "init" in results:
         init = results["init"]
         lines += ["", "## Spectral initialisation", ""]
@@ -590,13 +581,14 @@ def write_report(results: dict, path: str, command: str) -> None:
             "examples of similar length (`group_by_length: true`).",
             "",
         ]
-        lines += ["| method | head | batches | s/step | steps/s | vs full/random |", "|---|---|---|---|---|---|"]
+        table = []
         for r in rows:
             before = next(x for x in rows if x["method"] == r["method"] and x["head"] == "full")
-            lines.append(
-                f"| {r['method']} | {r['head']} | {r['order']} | {r['seconds_per_step']:.2f} | "
-                f"{r['steps_per_s']:.3f} | {before['seconds_per_step'] / r['seconds_per_step']:.2f}× |"
-            )
+            table.append(
+                [r["method"], r["head"], r["order"], f"{r['seconds_per_step']:.2f}", f"{r['steps_per_s']:.3f}",
+                 f"{before['seconds_per_step'] / r['seconds_per_step']:.2f}×"]
+            )  # fmt: skip
+        lines.append(markdown_table(["method", "head", "batches", "s/step", "steps/s", "vs full/random"], table))
         lines.append("")
         for order, count in data["padding"].items():
             share = 1 - count["real_tokens"] / count["padded_tokens"]
@@ -610,11 +602,7 @@ def write_report(results: dict, path: str, command: str) -> None:
             previous = f.read()
         if READING in previous:
             lines += ["", READING + previous.split(READING, 1)[1].rstrip("\n")]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

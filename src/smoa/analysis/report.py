@@ -480,7 +480,8 @@ def _png(fig) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------- pages --------
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table: one header row, a ``|---|`` rule, one line per row (``|`` in a cell escaped)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -551,11 +552,11 @@ def write_report(
         sections_html += ["<h2>In short</h2><ul>", *[f"<li>{html.escape(line)}</li>" for line in in_short], "</ul>"]
     if meta:
         meta_rows = [[k, v] for k, v in meta.items()]
-        sections_md += [_md_table(["", ""], meta_rows), ""]
+        sections_md += [markdown_table(["", ""], meta_rows), ""]
         sections_html.append(_html_table(["", ""], meta_rows))
     if analyses:
         header, rows = headline_table(analyses)
-        sections_md += ["## Summary per adapter", "", _md_table(header, rows), ""]
+        sections_md += ["## Summary per adapter", "", markdown_table(header, rows), ""]
         sections_html += ["<h2>Summary per adapter</h2>", _html_table(header, rows)]
         energy: dict[int, tuple[str, dict[str, float]]] = {}  # a property of W0 and K: one row per K
         for a in _analysable(analyses):
@@ -566,12 +567,12 @@ def write_report(
             e_header = ["K", "layers of", *[f"{o} order" for o in S.ORDERS]]
             e_rows = [[k, label, *[f"{100 * e[o]:.2f}%" for o in S.ORDERS]] for k, (label, e) in energy.items()]
             caption = "Share of W0's energy in SMoA's K diagonal blocks (mean over layers)"
-            sections_md += [f"### {caption}", "", _md_table(e_header, e_rows), ""]
+            sections_md += [f"### {caption}", "", markdown_table(e_header, e_rows), ""]
             sections_html += [f"<h3>{html.escape(caption)}</h3>", _html_table(e_header, e_rows)]
     if ceilings is not None:
         c_rows = [list(row.values()) for row in ceiling_rows(ceilings)]
         c_header = list(ceiling_rows(ceilings)[0]) if c_rows else []
-        sections_md += ["## Rank ceilings (from the config, no weights)", "", _md_table(c_header, c_rows), ""]
+        sections_md += ["## Rank ceilings (from the config, no weights)", "", markdown_table(c_header, c_rows), ""]
         sections_html += ["<h2>Rank ceilings (from the config, no weights)</h2>", _html_table(c_header, c_rows)]
     if figures:
         sections_md += ["## Figures", ""]

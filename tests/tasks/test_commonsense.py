@@ -133,16 +133,6 @@ def test_aliases_and_unknown_names():
         commonsense.dataset("copa")
 
 
-def test_split_validation_is_seeded_and_disjoint():
-    records = [commonsense.make_record("boolq", f"q{i}", (), i % 2, i) for i in range(1000)]
-    train, held = commonsense.split_validation(records, 120, seed=3)
-    again_train, again_held = commonsense.split_validation(records, 120, seed=3)
-    assert len(held) == 120 and len(train) == 880
-    assert held == again_held and train == again_train
-    assert not {r.uid for r in held} & {r.uid for r in train}
-    assert held != commonsense.split_validation(records, 120, seed=4)[1]
-
-
 def test_user_llm_adapters_files(tmp_path):
     folder = tmp_path / "dataset" / "ARC-Challenge"
     folder.mkdir(parents=True)

@@ -5,7 +5,17 @@ import json
 
 import pytest
 
-from smoa.tasks.records import DataFormatError, Record, read_json_records, read_jsonl, require, write_json, write_jsonl
+from smoa.tasks import commonsense
+from smoa.tasks.records import (
+    DataFormatError,
+    Record,
+    read_json_records,
+    read_jsonl,
+    require,
+    split_validation,
+    write_json,
+    write_jsonl,
+)
 
 
 def test_jsonl_reports_line_of_malformed_json(tmp_path):
@@ -67,3 +77,13 @@ def test_non_utf8_bytes_are_named_with_the_file_and_line(tmp_path):
         list(read_jsonl(path))
     with pytest.raises(DataFormatError, match=r"data.jsonl, line \d+: not UTF-8 text"):
         read_json_records(path)
+
+
+def test_split_validation_is_seeded_and_disjoint():
+    records = [commonsense.make_record("boolq", f"q{i}", (), i % 2, i) for i in range(1000)]
+    train, held = split_validation(records, 120, seed=3)
+    again_train, again_held = split_validation(records, 120, seed=3)
+    assert len(held) == 120 and len(train) == 880
+    assert held == again_held and train == again_train
+    assert not {r.uid for r in held} & {r.uid for r in train}
+    assert held != split_validation(records, 120, seed=4)[1]

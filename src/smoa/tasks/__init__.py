@@ -7,7 +7,7 @@ imports training code.
 Entry points a trainer uses:
 
 - :func:`load_train_records` (family, optional user file) → records, and
-  :func:`smoa.tasks.commonsense.split_validation` for the 120 held-out examples;
+  :func:`smoa.tasks.records.split_validation` for the 120 held-out examples;
 - :func:`smoa.tasks.prompts.tokenize_for_training` and :func:`smoa.tasks.prompts.collate_for_training`;
 - :func:`load_eval_records` (task, optional user folder) for evaluation.
 """

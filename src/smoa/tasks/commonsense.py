@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +166,6 @@ ALIASES: dict[str, str] = {
     "openbookqa": "obqa",
 }
 COMMONSENSE_170K_SIZE = 170_420
-VALIDATION_SIZE = 120
 OLMES_UNCONDITIONED_OFFSET = 1_000_000
 
 _BOOLQ_INTRO = "Please answer the following question with true or false, question: "
@@ -366,15 +364,3 @@ def load_train_records(
     for name in names or [d.name for d in DATASETS]:
         records.extend(load_packaged_split(name, "train"))
     return records
-
-
-def split_validation(
-    records: Sequence[Record], size: int = VALIDATION_SIZE, seed: int = 42
-) -> tuple[list[Record], list[Record]]:
-    """Hold out ``size`` records chosen with ``random.Random(seed)``; returns ``(train, validation)``, order kept."""
-    if not 0 <= size <= len(records):
-        raise ValueError(f"cannot hold out {size} of {len(records)} records")
-    held = set(random.Random(seed).sample(range(len(records)), size))
-    train = [r for i, r in enumerate(records) if i not in held]
-    validation = [r for i, r in enumerate(records) if i in held]
-    return train, validation

@@ -10,12 +10,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smoa._io import write_text_atomic
+
+VALIDATION_SIZE = 120  # the papers' held-out examples for model selection
 
 
 class DataFormatError(ValueError):
@@ -144,3 +147,17 @@ def write_jsonl(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]])
 def write_json(path: str | os.PathLike[str], value: Any) -> None:
     """Write one JSON document atomically (indented, UTF-8)."""
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def split_validation(
+    records: Sequence[Record], size: int = VALIDATION_SIZE, seed: int = 42
+) -> tuple[list[Record], list[Record]]:
+    """Hold out ``size`` records chosen with ``random.Random(seed)``; returns ``(train, validation)``, order kept.
+
+    Serves every task family (commonsense, math, dialogue, your own data)."""
+    if not 0 <= size <= len(records):
+        raise ValueError(f"cannot hold out {size} of {len(records)} records")
+    held = set(random.Random(seed).sample(range(len(records)), size))
+    train = [r for i, r in enumerate(records) if i not in held]
+    validation = [r for i, r in enumerate(records) if i in held]
+    return train, validation

@@ -138,7 +138,7 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
     import random
 
     from smoa.tasks import load_train_records
-    from smoa.tasks.commonsense import split_validation
+    from smoa.tasks.records import split_validation
 
     if recipe.task == "custom":
         records = load_custom_records(recipe, recipe.train_file)

@@ -20,6 +20,7 @@ from smoa.methods import (
     plan_all,
     plan_method,
 )
+from tests import tiny
 
 ALL = (
     "smoa", "lora", "dora", "hira", "melora", "mora", "mora1", "ssmlora", "prompt_tuning", "p_tuning", "p_tuning_v2",
@@ -32,10 +33,7 @@ def llama2():
 
 
 def tiny_llama_config() -> LlamaConfig:
-    return LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=97, max_position_embeddings=64,
-    )  # fmt: skip
+    return tiny.tiny_llama_config(hidden_size=64, intermediate_size=128, vocab_size=97)
 
 
 def test_registry_names() -> None:

@@ -6,22 +6,19 @@ import pytest
 import torch
 
 from smoa import models
+from tests.tiny import tiny_llama_config
 
 
 def write_tiny_folder(path):
     """A 1-layer Llama and a word-level tokenizer without pad, saved as a model folder."""
     from tokenizers import Tokenizer
     from tokenizers import models as tok_models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    config = tiny_llama_config(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        max_position_embeddings=2048,
+    )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(tok_models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>")),

@@ -8,8 +8,7 @@ from peft import get_peft_model
 from torch import nn
 
 import smoa
-
-from .conftest import make_mlp
+from tests.adapter.conftest import make_mlp
 
 
 def test_an_integer_base_weight_is_refused_before_any_svd():

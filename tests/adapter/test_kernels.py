@@ -11,8 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 import smoa
 from smoa.adapter.layer import KERNELS
-
-from .conftest import LLAMA_TARGETS, make_llama
+from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 
 
 def set_kernel(model: torch.nn.Module, kernel: str) -> None:

@@ -14,9 +14,8 @@ from transformers.pytorch_utils import Conv1D
 import smoa
 from smoa.adapter import functional as F
 from smoa.adapter.layer import SMoALayer
-
-from .conftest import LLAMA_TARGETS, make_gpt2, make_llama, make_mlp
-from .test_functional import reference_delta, reference_scores
+from tests.adapter.conftest import LLAMA_TARGETS, make_gpt2, make_llama, make_mlp
+from tests.adapter.test_functional import reference_delta, reference_scores
 
 
 def smoa_config(**kwargs) -> smoa.SMoAConfig:

@@ -6,8 +6,7 @@ from peft import PeftModel, get_peft_model
 
 import smoa
 from smoa._progress import progress_bars
-
-from .conftest import LLAMA_TARGETS, make_llama
+from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 
 BAR = "SMoA block orders (SVD)"
 

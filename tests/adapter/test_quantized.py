@@ -15,9 +15,8 @@ from torch import nn
 
 import smoa
 from smoa.adapter import functional as F
-
-from ..tiny import build_tiny_llama
-from .conftest import LLAMA_TARGETS, make_mlp
+from tests.adapter.conftest import LLAMA_TARGETS, make_mlp
+from tests.tiny import build_tiny_llama
 
 bnb = pytest.importorskip(
     "bitsandbytes", reason="bitsandbytes is not installed (pip install -e '.[quantized]', done by scripts/setup.sh)"

@@ -11,8 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import smoa
 from smoa.adapter.checkpoint import AdapterFileError
-
-from .conftest import LLAMA_TARGETS, make_llama
+from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 
 
 @pytest.fixture

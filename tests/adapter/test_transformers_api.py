@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import smoa
 from smoa.baselines import MeLoRAConfig, MoRAConfig, SSMLoRAConfig
-
-from .conftest import LLAMA_TARGETS, make_llama
+from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 
 
 @pytest.fixture

@@ -7,21 +7,17 @@ import copy
 import torch
 from peft import get_peft_model
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 import smoa  # noqa: F401  (registers SMoA and the baselines with PEFT)
+from tests import tiny
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 VOCAB = 97
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB, max_position_embeddings=64,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny.tiny_llama(seed, hidden_size=48, intermediate_size=96, vocab_size=VOCAB)
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:

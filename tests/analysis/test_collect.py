@@ -11,8 +11,7 @@ from smoa.adapter import functional as F
 from smoa.analysis import collect as C
 from smoa.analysis import spectral as S
 from smoa.baselines import MeLoRAConfig, MoRAConfig, SSMLoRAConfig
-
-from .conftest import TARGETS, adapted, calibration_batches, tiny_gpt2, tiny_llama
+from tests.analysis.conftest import TARGETS, adapted, calibration_batches, tiny_gpt2, tiny_llama
 
 
 def test_lora_rank_five_through_the_model_and_weights_restored() -> None:

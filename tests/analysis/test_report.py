@@ -12,8 +12,7 @@ from smoa import SMoAConfig
 from smoa.analysis.calibration import CalibrationError, calibration_prompts, read_prompts
 from smoa.baselines import SSMLoRAConfig
 from smoa.cli.main import main
-
-from .conftest import TARGETS, adapted, tiny_llama
+from tests.analysis.conftest import TARGETS, adapted, tiny_llama
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("rank_per_layer.png", "spectrum_shift.png", "region_shift.png", "alignment.png", "block_energy.png")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 import smoa.baselines
+from tests import tiny
 
 
 class TinyMLP(nn.Module):
@@ -26,12 +27,7 @@ class TinyMLP(nn.Module):
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=97, max_position_embeddings=64,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny.tiny_llama(seed, hidden_size=64, intermediate_size=128, vocab_size=97)
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:

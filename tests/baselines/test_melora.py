@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (
+from peft import get_peft_model
+
+from smoa.baselines import MeLoRAConfig, UnsupportedLayerError
+from tests.baselines.conftest import (
     TinyMLP,
     adapted,
     check_disable_adapter,
@@ -19,9 +22,6 @@ from conftest import (
     tiny_llama,
     tiny_mlp,
 )
-from peft import get_peft_model
-
-from smoa.baselines import MeLoRAConfig, UnsupportedLayerError
 
 MLP_CONFIG = MeLoRAConfig(r=[2, 3, 1, 2], lora_alpha=[4.0, 6.0, 8.0, 2.0], target_modules=["lin0", "lin1"])
 LLAMA_CONFIG = MeLoRAConfig(

@@ -7,7 +7,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import (
+
+from smoa.baselines import MoRAConfig
+from smoa.baselines.mora import mora_delta_weight, mora_output, mora_rank
+from tests.baselines.conftest import (
     adapted,
     check_disable_adapter,
     check_identity_at_init,
@@ -21,9 +24,6 @@ from conftest import (
     tiny_llama,
     tiny_mlp,
 )
-
-from smoa.baselines import MoRAConfig
-from smoa.baselines.mora import mora_delta_weight, mora_output, mora_rank
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 CASES = [

@@ -7,7 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+
+from smoa.baselines import NotMergeableError, SSMLoRAConfig
+from smoa.baselines.ssmlora import align_state
+from tests.baselines.conftest import (
     adapted,
     check_disable_adapter,
     check_identity_at_init,
@@ -19,9 +22,6 @@ from conftest import (
     tiny_llama,
     tiny_mlp,
 )
-
-from smoa.baselines import NotMergeableError, SSMLoRAConfig
-from smoa.baselines.ssmlora import align_state
 
 CASES = [
     (tiny_mlp, SSMLoRAConfig(r=4, lora_alpha=2.0, lora_dropout=0.0, target_modules=["lin0", "lin1"])),

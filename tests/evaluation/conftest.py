@@ -1,6 +1,7 @@
 """A tiny randomly initialised Llama and a tiny byte-level tokenizer, built in the test session."""
 
 import pytest
+
 from tests import tiny
 
 CORPUS = [

@@ -1,6 +1,7 @@
 """A tiny fast tokenizer built in the test session (byte-level BPE, bos/eos/pad), for tokenisation tests."""
 
 import pytest
+
 from tests import tiny
 
 CORPUS = [

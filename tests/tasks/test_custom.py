@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-from tests import tiny
 
 from smoa.tasks.custom import dataset_name, has_options, load_records, template_name
 from smoa.tasks.prompts import (
@@ -17,6 +16,7 @@ from smoa.tasks.prompts import (
     tokenize_for_training,
 )
 from smoa.tasks.records import DataFormatError, Record
+from tests import tiny
 
 ROWS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_llama_config
+
 WORDS = ["alpha", "beta", "gamma", "delta", "red", "blue", "cat", "dog", "sun", "moon"]
 
 
@@ -32,7 +34,7 @@ def commonsense_rows(n: int, seed: int = 0) -> list[dict]:
 def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     text = " ".join(r["instruction"] + " " + r["output"] for r in commonsense_rows(50))
@@ -48,18 +50,10 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
+    config = tiny_llama_config(
+        vocab_size=len(vocab), intermediate_size=48, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
         pad_token_id=3,
-    )
+    )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

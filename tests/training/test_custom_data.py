@@ -13,8 +13,7 @@ from smoa.tasks.records import DataFormatError
 from smoa.training import load_recipe, run_training
 from smoa.training import trainer as trainer_module
 from smoa.training.recipe import RecipeError
-
-from .conftest import WORDS, tiny_recipe_values
+from tests.training.conftest import WORDS, tiny_recipe_values
 
 
 def quiet(*args, **kwargs):

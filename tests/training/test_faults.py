@@ -13,8 +13,7 @@ from safetensors.torch import load_file
 from smoa.training import load_recipe, run_training
 from smoa.training.checkpoints import CheckpointError, list_checkpoints
 from smoa.training.trainer import NonFiniteError, RunDirError
-
-from .conftest import tiny_recipe_values
+from tests.training.conftest import tiny_recipe_values
 
 
 def quiet(*args, **kwargs):

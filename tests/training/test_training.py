@@ -17,8 +17,7 @@ from safetensors.torch import load_file
 from smoa.training import load_recipe, run_training
 from smoa.training.checkpoints import MANIFEST, CheckpointError, latest_valid_checkpoint
 from smoa.training.trainer import RunDirError
-
-from .conftest import commonsense_rows, tiny_recipe_values
+from tests.training.conftest import commonsense_rows, tiny_recipe_values
 
 SRC = str(Path(__file__).parents[2] / "src")
 

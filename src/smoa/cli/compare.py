@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from smoa.methods import get_method
     from smoa.training.checkpoints import write_text_atomic
     from smoa.training.compare import compare_table, run_compare
+    from smoa.training.engines import is_main_process
     from smoa.training.recipe import RecipeError
 
     recipe = recipe_from_args(args)
@@ -50,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume_from:
         raise RecipeError("--resume-from names one run's checkpoint; use it with smoa train (compare: --resume)")
     results = run_compare(recipe, methods, seeds, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # torchrun: the main process reports for all
+        return 0
     table = compare_table(results)
     print(table)
     path = os.path.join(recipe.run_dir, "table.md")

@@ -2,7 +2,7 @@
 
 smoa train --recipe recipes/smollm2-commonsense-cpu.yaml --method smoa
 smoa train --recipe recipes/llama-3-8b-commonsense.yaml --set learning_rate=2e-4 --resume
-accelerate launch --config_file configs/accelerate/ddp.yaml -m smoa.cli.main train --recipe ...
+torchrun --nproc_per_node 2 -m smoa.cli.main train --recipe ... --set deepspeed=configs/deepspeed/zero3.json
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ def _run(args: argparse.Namespace) -> int:
         return print_recipe_help()
     from smoa.training import run_training
     from smoa.training.compare import compare_table
+    from smoa.training.engines import is_main_process
 
     recipe = recipe_from_args(args)
     result = run_training(recipe, resume=args.resume, overwrite=args.overwrite, resume_from=args.resume_from)
+    if not is_main_process():  # torchrun: the main process reports for all
+        return 0
     print(compare_table([result]))
     print(f"adapter: {result.adapter_dir}\nresults: {result.run_dir}/results.json")
     print(json.dumps({"steps": result.steps, "best_val_loss": result.best_val_loss}, indent=None))

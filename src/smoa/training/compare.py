@@ -12,6 +12,7 @@ from typing import Any
 from smoa._progress import progress_bars
 
 from .checkpoints import write_json_atomic
+from .engines import is_main_process
 from .recipe import Recipe
 from .trainer import TrainResult, run_training
 
@@ -50,7 +51,8 @@ def run_compare(
                     result = run_training(run, resume=resume, overwrite=overwrite, log=log)
                 lines.finish(result.evaluation)
                 results.append(result)
-    write_json_atomic(os.path.join(recipe.run_dir, "compare.json"), [r.__dict__ for r in results])
+    if is_main_process():  # the other processes of a torchrun launch hold no evaluation
+        write_json_atomic(os.path.join(recipe.run_dir, "compare.json"), [r.__dict__ for r in results])
     return results
 
 

@@ -98,6 +98,22 @@ class Recipe:
     )
     precision: str = field(default="fp32", metadata={"help": "Mixed precision: fp32, bf16 or fp16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    # scale-out engine: how the work is spread over processes, not what is computed (see docs/scale-out.md)
+    deepspeed: str | None = field(
+        default=None,
+        metadata={
+            "help": "DeepSpeed JSON, e.g. configs/deepspeed/zero3.json (ZeRO-2 / ZeRO-3); launch with torchrun. "
+            "Needs `pip install -e '.[deepspeed]'`."
+        },
+    )
+    fsdp: bool = field(
+        default=False,
+        metadata={"help": "Shard with torch FSDP (FSDP2, one unit per decoder layer); launch with torchrun."},
+    )
+    fsdp_config: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "With fsdp: transformers' fsdp_config settings, e.g. {reshard_after_forward: false}."},
+    )
     # checkpoints and logging
     output_dir: str | None = field(default=None, metadata={"help": "Run folder (default runs/<name>)."})
     eval_steps: int = field(default=50, metadata={"help": "Validation loss every this many steps."})
@@ -169,6 +185,17 @@ class Recipe:
             self.eval_tasks = [
                 {"commonsense": "commonsense", "math": "gsm8k", "dialogue": "convai2", "custom": "custom"}[self.task]
             ]
+        if self.deepspeed is not None and self.fsdp:
+            raise RecipeError(
+                f"recipe keys deepspeed={self.deepspeed!r} and fsdp=true are exclusive: choose one scale-out engine"
+            )
+        if self.fsdp_config and not self.fsdp:
+            raise bad("fsdp_config", "it applies with fsdp=true only; set fsdp=true or remove it")
+        if self.fsdp_config.get("version", 2) != 2:
+            raise RecipeError(
+                f"recipe key fsdp_config.version={self.fsdp_config['version']!r} is invalid: it must be 2 (FSDP2; "
+                "transformers deprecates FSDP1)"
+            )
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"must be a multiple of micro_batch_size={self.micro_batch_size}")
         if self.save_steps % self.eval_steps:
@@ -232,6 +259,10 @@ NOT_IN_FINGERPRINT = frozenset(
         "answer_regex",
         "max_new_tokens",
         "name",
+        # the engine: same update, another distribution of the work (checkpoints record it; see docs/scale-out.md)
+        "deepspeed",
+        "fsdp",
+        "fsdp_config",
     }
 )
 _HINTS = typing.get_type_hints(Recipe)

@@ -34,6 +34,17 @@ from .checkpoints import (
     write_json_atomic,
     write_manifest,
 )
+from .engines import (
+    check_engine_of_checkpoint,
+    connect_engine,
+    enable_fsdp_on_cpu,
+    engine_arguments,
+    gathered_trainable_state,
+    load_for_evaluation,
+    shards_parameters,
+    with_whole_base_count,
+    write_engine_record,
+)
 from .recipe import Recipe, RecipeError
 
 RUN_FILE = "run.json"
@@ -409,6 +420,7 @@ def _trainer_classes():
                 and set(inputs) <= {"input_ids", "attention_mask", "labels"}
                 and "labels" in inputs
                 and self.accelerator.unwrap_model(model) is model  # DDP/FSDP/DeepSpeed: forward via the wrapper
+                and not self.is_fsdp_enabled  # FSDP2 shards in place: only the root's forward gathers its weights
                 and supports_selected_logits(model)
             )
             if not plain:
@@ -421,8 +433,33 @@ def _trainer_classes():
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # DeepSpeed and FSDP write a part of the state from every process
             if self.args.should_save:
-                write_manifest(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
+                checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                write_engine_record(checkpoint, self.smoa_recipe, self.args.world_size)
+                write_manifest(checkpoint)
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            if not self.shards_parameters:
+                return super().save_model(output_dir, _internal_call)
+            # every process holds a shard: gather the adapter (not the base) together, then the main process writes
+            state = gathered_trainable_state(self.model)
+            if self.args.should_save:
+                self._save(output_dir or self.args.output_dir, state_dict=state)
+
+        @property
+        def shards_parameters(self) -> bool:
+            return self.is_fsdp_enabled or (
+                self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            )
+
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+                from accelerate.utils import FullyShardedDataParallelPlugin
+
+                enable_fsdp_on_cpu(self.accelerator, FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args))
+                self.is_fsdp_enabled = True
 
     class MetricsLog(TrainerCallback):
         """Appends every logged dict (loss, lr, eval_loss, ...) with the step to ``metrics.jsonl``."""
@@ -474,7 +511,7 @@ def training_arguments(recipe: Recipe, run_dir: Path):
             raise ImportError(
                 "recipe key tensorboard=true needs TensorBoard: python3 -m pip install tensorboard"
             ) from err
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
@@ -512,7 +549,10 @@ def training_arguments(recipe: Recipe, run_dir: Path):
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if not torch.cuda.is_available() and world > 1 else None,
         ddp_find_unused_parameters=False if world > 1 else None,
+        **engine_arguments(recipe),
     )
+    connect_engine(recipe)
+    return args
 
 
 def run_training(
@@ -556,7 +596,11 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
             log(f"no complete checkpoint in {run_dir}; starting from the beginning")
 
     train_records, val_records = load_training_records(recipe)  # bad data fails here, before the model loads
+    args = training_arguments(recipe, run_dir)  # before the model: under ZeRO-3 the base is partitioned as it loads
+    if checkpoint is not None:
+        check_engine_of_checkpoint(checkpoint, recipe, args.world_size)
     model, tokenizer, plan = build_model(recipe)
+    plan = with_whole_base_count(plan, model)  # ZeRO-3 partitioned the base: count its whole parameters
     template = training_template(recipe, train_records)
     if len(train_records) > 10_000:
         log(f"tokenising {len(train_records):,} training examples (template {template.name}) ...")
@@ -570,12 +614,13 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = SMoATrainer(
         model=model,
-        args=training_arguments(recipe, run_dir),
+        args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=lambda features: collate_for_training(features, pad),
         callbacks=[MetricsLog(run_dir / "metrics.jsonl"), NonFiniteGuard(), *(callbacks or [])],
     )
+    trainer.smoa_recipe = recipe
     peak_memory_reset()
     started = time.perf_counter()
     total = total_steps(trainer)
@@ -591,9 +636,13 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     train_seconds = time.perf_counter() - started
     peak = peak_memory_mib()
     adapter_dir = run_dir / "adapter"
+    sharded = shards_parameters(recipe)
+    state = gathered_trainable_state(model) if sharded else None  # by every process together
     if trainer.args.should_save:
         with naming_a_full_disk(run_dir):
-            save_dir_atomic(adapter_dir, lambda tmp: save_adapter(model, tmp))
+            save_dir_atomic(adapter_dir, lambda tmp: save_adapter(model, tmp, state))
+        if sharded:  # each process holds a shard: the main process evaluates the saved adapter on a whole copy
+            model = load_for_evaluation(recipe, adapter_dir)
     history = trainer.state.log_history
     val_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -624,11 +673,15 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     return result
 
 
-def save_adapter(model, folder: str | os.PathLike[str]) -> None:
-    """``model.save_pretrained(folder)``, naming the default base model by its public id (not a cache folder)."""
+def save_adapter(model, folder: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``model.save_pretrained(folder)``, naming the default base model by its public id (not a cache folder).
+
+    ``state_dict``: the gathered state where the engine shards the parameters
+    (:func:`.engines.gathered_trainable_state`).
+    """
     from smoa.models import record_public_base
 
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
     record_public_base(folder)
 
 

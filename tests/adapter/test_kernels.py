@@ -10,8 +10,12 @@ from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 import smoa
+from smoa.adapter import autograd
+from smoa.adapter import functional as F
+from smoa.adapter.autograd import blockwise_delta_output, fused_linear
 from smoa.adapter.layer import KERNELS
 from tests.adapter.conftest import LLAMA_TARGETS, make_llama
+from tests.adapter.test_functional import random_factors
 
 
 def set_kernel(model: torch.nn.Module, kernel: str) -> None:
@@ -125,10 +129,49 @@ def test_torch_compile_matches_eager():
         compiled = torch.compile(model)
         torch.testing.assert_close(compiled(tokens).logits, eager, rtol=1e-4, atol=1e-4)
     model.train()
+    reference = copy.deepcopy(model)
+    want = reference(tokens, labels=tokens).loss
+    want.backward()
     compiled = torch.compile(model)
     loss = compiled(tokens, labels=tokens).loss
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    want_grads = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads.keys() == want_grads.keys() and len(grads) == 2 * 2 * len(smoa.smoa_layers(model))
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kernel", ["blockwise", "fused"])
+def test_kernels_compute_exactly_the_gradients_asked_for(kernel):
+    """The factor gradients are matched to the forward's arguments by name: only the factors (and input) that
+    require a gradient get one, and each equals the reference's."""
+    g = torch.Generator().manual_seed(4)
+    d_out, d_in, ranks = 12, 10, [2, 3]
+    weight = torch.randn(d_out, d_in, generator=g)
+    row_order, col_order = F.block_orders(weight)
+    a, b = random_factors(d_out, d_in, ranks, g)
+    x = torch.randn(5, d_in, generator=g)
+    upstream = torch.randn(5, d_out, generator=g)
+    trainable = {"a1", "b0"}  # one factor of each kind, in different blocks
+    factors = {f"a{k}": t for k, t in enumerate(a)} | {f"b{k}": t for k, t in enumerate(b)}
+    for name, t in factors.items():
+        t.requires_grad_(name in trainable)
+    ref = {name: t.detach().clone().requires_grad_(name in trainable) for name, t in factors.items()}
+    ref_a, ref_b = [ref[f"a{k}"] for k in range(2)], [ref[f"b{k}"] for k in range(2)]
+    (F.delta_output(x, weight, row_order, col_order, ref_a, ref_b, 0.5) * upstream).sum().backward()
+    if kernel == "blockwise":
+        out = blockwise_delta_output(x, weight, row_order, col_order, a, b, 0.5)
+    else:
+        out = fused_linear(x, weight, None, row_order, col_order, a, b, 0.5) - x @ weight.T
+    (out * upstream).sum().backward()
+    for name, t in factors.items():
+        if name in trainable:
+            torch.testing.assert_close(t.grad, ref[name].grad, rtol=1e-5, atol=1e-6, msg=name)
+        else:
+            assert t.grad is None, name
+    assert autograd._BLOCKWISE_ARGS[:2] == ("into", "x") and autograd._FUSED_ARGS[:3] == ("x", "weight", "bias")
 
 
 def test_blockwise_branch_is_added_in_place_to_the_base_output():

@@ -27,6 +27,7 @@ Large temporaries come from :mod:`smoa.adapter.scratch` (page-fault free on CPU)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -131,6 +132,22 @@ def _blocks(row_order: Tensor, col_order: Tensor, a, b) -> list[tuple[Tensor, Te
     return list(zip(block_indices(row_order, num_blocks), block_indices(col_order, num_blocks), a, b, strict=True))
 
 
+def factor_grad_needs(ctx, leading: tuple[str, ...], num_blocks: int) -> list[tuple[bool, bool]]:
+    """``[(needs ∂L/∂A_k, needs ∂L/∂B_k)]`` from ``ctx.needs_input_grad`` of a function whose forward takes the
+    arguments named in ``leading`` and then ``*A_1..A_K, *B_1..B_K``."""
+    first = len(leading)
+    needs = ctx.needs_input_grad
+    return [(needs[first + k], needs[first + num_blocks + k]) for k in range(num_blocks)]
+
+
+def _leading_args(forward) -> tuple[str, ...]:
+    """The names of a forward's arguments between ``ctx`` and ``*factors`` (checked once, at import)."""
+    names = tuple(inspect.signature(forward).parameters)
+    if names[0] != "ctx" or names[-1] != "factors":
+        raise TypeError(f"{forward.__qualname__} must take (ctx, ..., *factors), not {names}")
+    return names[1:-1]
+
+
 class _BlockwiseDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, into, x, weight, row_order, col_order, scaling, num_blocks, *factors):  # type: ignore[override]
@@ -181,12 +198,13 @@ class _BlockwiseDelta(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
         anchors = _gathered_anchors(ctx.source, blocks, x2.dtype)
-        need_x = ctx.needs_input_grad[1]
+        need_x = ctx.needs_input_grad[_BLOCKWISE_ARGS.index("x")]
         grad_x = x2.new_empty(x2.shape) if need_x else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
+        factor_needs = factor_grad_needs(ctx, _BLOCKWISE_ARGS, num_blocks)
         for k, (rows, cols, a_k, b_k) in enumerate(blocks):
-            needs = (need_x, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
+            needs = (need_x, *factor_needs[k])
             anchor = None if anchors is None else anchors[k]
             grad_x_k, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, ctx.scaling, needs, anchor)
             if grad_x is not None:
@@ -195,8 +213,12 @@ class _BlockwiseDelta(torch.autograd.Function):
             grad_b.append(g_b)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape)
-        grad_into = grad_out if ctx.needs_input_grad[0] else None
-        return (grad_into, grad_x, None, None, None, None, None, *grad_a, *grad_b)
+        grad_into = grad_out if ctx.needs_input_grad[_BLOCKWISE_ARGS.index("into")] else None
+        grads = {"into": grad_into, "x": grad_x}
+        return (*(grads.get(name) for name in _BLOCKWISE_ARGS), *grad_a, *grad_b)
+
+
+_BLOCKWISE_ARGS = _leading_args(_BlockwiseDelta.forward)
 
 
 def _gathered_anchors(source: BlockAnchors | None, blocks: list, dtype: torch.dtype) -> list[Tensor] | None:
@@ -256,20 +278,25 @@ class _FusedLinear(torch.autograd.Function):
         common = torch.promote_types(grad_out.dtype, x.dtype)
         x2 = x.reshape(-1, x.shape[-1]).to(common)
         g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(common)
-        grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[_FUSED_ARGS.index("bias")] else None
         grad_a: list[Tensor | None] = []
         grad_b: list[Tensor | None] = []
+        factor_needs = factor_grad_needs(ctx, _FUSED_ARGS, num_blocks)
         for k, (rows, cols, a_k, b_k) in enumerate(_blocks(row_order, col_order, a, b)):
-            needs = (False, ctx.needs_input_grad[7 + k], ctx.needs_input_grad[7 + num_blocks + k])
+            needs = (False, *factor_needs[k])
             _, g_a, g_b = _block_backward(g2, x2, weight, rows, cols, a_k, b_k, scaling, needs)
             grad_a.append(g_a)
             grad_b.append(g_b)
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[_FUSED_ARGS.index("x")]:
             scratch = Scratch([tuple(weight.shape)], common, x.device)
             effective = build_effective_weight(scratch.take(*weight.shape), weight, row_order, col_order, a, b, scaling)
             grad_x = (g2 @ effective).reshape(x.shape).to(x.dtype)
-        return (grad_x, None, grad_bias, None, None, None, None, *grad_a, *grad_b)
+        grads = {"x": grad_x, "bias": grad_bias}
+        return (*(grads.get(name) for name in _FUSED_ARGS), *grad_a, *grad_b)
+
+
+_FUSED_ARGS = _leading_args(_FusedLinear.forward)
 
 
 def fused_linear(

@@ -8,13 +8,16 @@ from peft import get_peft_model
 from torch import nn
 
 import smoa
+from smoa.dense import UnsupportedLayerError
 from tests.adapter.conftest import make_mlp
 
 
 def test_an_integer_base_weight_is_refused_before_any_svd():
     model = make_mlp()
     model.lin0.weight = nn.Parameter(torch.zeros(24, 20, dtype=torch.int8), requires_grad=False)
-    with pytest.raises(TypeError, match=r"module 'lin0' .* stores a Parameter of dtype torch.int8, not a floating"):
+    with pytest.raises(
+        UnsupportedLayerError, match=r"module 'lin0' .* stores a Parameter of dtype torch.int8, not a floating"
+    ):
         get_peft_model(model, smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["lin0"]))
 
 
@@ -24,7 +27,7 @@ def test_a_packed_weight_subclass_is_refused():
 
     model = make_mlp()
     model.lin0.weight = Packed(torch.zeros(24, 20), requires_grad=False)
-    with pytest.raises(TypeError, match=r"stores a Packed .* not a floating-point weight matrix"):
+    with pytest.raises(UnsupportedLayerError, match=r"stores a Packed .* not a floating-point weight matrix"):
         get_peft_model(model, smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["lin0"]))
 
 

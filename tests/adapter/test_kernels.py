@@ -13,7 +13,7 @@ import smoa
 from smoa.adapter import autograd
 from smoa.adapter import functional as F
 from smoa.adapter.autograd import blockwise_delta_output, fused_linear
-from smoa.adapter.layer import KERNELS
+from smoa.adapter.layer import KERNELS, output_is_private
 from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 from tests.adapter.test_functional import random_factors
 
@@ -221,3 +221,20 @@ def test_half_precision_base_takes_the_blockwise_kernel_and_matches_reference():
     torch.testing.assert_close(got[1], want[1], rtol=1e-2, atol=1e-2)
     for g, w in zip(got[2], want[2], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)
+
+
+def test_output_is_private_refuses_every_shared_output(monkeypatch):
+    base = torch.nn.Linear(4, 3)
+    out = base(torch.randn(2, 4))
+    assert output_is_private(out, base)
+    assert not output_is_private(out[:, :2], base)  # a view of another tensor
+    assert not output_is_private(out.T, base)  # not contiguous
+    assert not output_is_private(torch.zeros(2, 3, requires_grad=True), base)  # a leaf that requires grad
+    handle = base.register_forward_hook(lambda *_: None)
+    assert not output_is_private(out, base)
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    assert not output_is_private(out, base)
+    handle.remove()
+    monkeypatch.delattr(torch.nn.modules.module, "_global_forward_hooks")  # a torch without the internal
+    assert not output_is_private(out, base)

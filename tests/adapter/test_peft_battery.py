@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 import smoa
 from smoa.adapter import functional as F
 from smoa.adapter.layer import SMoALayer
+from smoa.dense import UnsupportedLayerError
 from tests.adapter.conftest import LLAMA_TARGETS, make_gpt2, make_llama, make_mlp
 from tests.adapter.test_functional import reference_delta, reference_scores
 
@@ -376,7 +377,7 @@ def test_too_many_blocks_for_a_layer_names_the_module():
 
 @pytest.mark.parametrize("target,kind", [("emb", "Embedding"), ("conv", "Conv2d")])
 def test_unsupported_layer_type_names_module_and_type(target, kind):
-    with pytest.raises((TypeError, ValueError), match=rf"'{target}' of type .*{kind}"):
+    with pytest.raises(UnsupportedLayerError, match=rf"'{target}' of type .*{kind}"):
         get_peft_model(make_mlp(), smoa.SMoAConfig(r=2, num_blocks=2, target_modules=[target]))
 
 

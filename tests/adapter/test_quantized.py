@@ -15,6 +15,7 @@ from torch import nn
 
 import smoa
 from smoa.adapter import functional as F
+from smoa.dense import UnsupportedLayerError
 from tests.adapter.conftest import LLAMA_TARGETS, make_mlp
 from tests.tiny import build_tiny_llama
 
@@ -388,6 +389,6 @@ def bnb_not_quantised_yet():
 def test_other_quantised_weights_are_refused_in_one_line_before_any_svd(build, monkeypatch):
     model, message = build()
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: pytest.fail("SVD ran on a quantised weight"))
-    with pytest.raises(TypeError, match=message) as info:
+    with pytest.raises(UnsupportedLayerError, match=message) as info:
         get_peft_model(model, smoa.SMoAConfig(r=4, num_blocks=2, target_modules=["lin0"]))
     assert "\n" not in str(info.value)

@@ -33,6 +33,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils.integrations import dequantize_bnb_weight
 from torch import Tensor, nn
 
+from smoa.dense import UnsupportedLayerError
+
 from .config import SMoAConfig
 from .layer import Linear
 
@@ -163,14 +165,14 @@ class Linear4bit(QuantizedLinear):
         weight = base.weight
         state = getattr(weight, "quant_state", None)
         if not isinstance(weight, bnb.nn.Params4bit) or not weight.bnb_quantized or state is None:
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"module '{self.module_name}' (bitsandbytes.nn.Linear4bit) holds a weight that is not quantised yet "
                 f"({type(weight).__name__} of dtype {weight.dtype}, shape {tuple(weight.shape)}), so SMoA cannot read "
                 "W0 from it. Move the model to its device first (bitsandbytes quantises on .to(...)), or load it with "
                 "transformers' BitsAndBytesConfig."
             )
         if tuple(state.shape) != (self.out_features, self.in_features):
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"module '{self.module_name}' (bitsandbytes.nn.Linear4bit) has a 4-bit weight of shape "
                 f"{tuple(state.shape)}, not (out_features, in_features) = ({self.out_features}, {self.in_features}); "
                 "SMoA cannot anchor on it. Exclude this module."
@@ -232,7 +234,7 @@ class Linear8bitLt(QuantizedLinear):
         base = self.get_base_layer()
         weight = base.weight
         if weight.dtype != torch.int8 or _row_scales(base, weight) is None:
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"module '{self.module_name}' (bitsandbytes.nn.Linear8bitLt) holds a {weight.dtype} weight without "
                 f"int8 row scales (has_fp16_weights={base.state.has_fp16_weights}); SMoA reads W0 as codes · SCB / 127 "
                 "and cannot anchor on it. Load it with BitsAndBytesConfig(load_in_8bit=True) (int8 weights), or in "

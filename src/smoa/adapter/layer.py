@@ -22,6 +22,8 @@ from peft.utils.integrations import gather_params_ctx
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from smoa.dense import UnsupportedLayerError
+
 from . import functional as F
 from .autograd import BlockAnchors, blockwise_delta_output, fused_linear
 from .checkpoint import AdapterFileError, check_order, fingerprints_match, weight_fingerprint
@@ -88,7 +90,7 @@ class SMoALayer(BaseTunerLayer):
             shape = base.weight.ds_shape if hasattr(base.weight, "ds_shape") else base.weight.shape
             self.in_features, self.out_features = shape
         else:
-            raise TypeError(unsupported_layer_message(module_name, base))
+            raise UnsupportedLayerError(unsupported_layer_message(module_name, base))
         self.register_load_state_dict_post_hook(_check_loaded_state)
 
     # ----------------------------------------------------------------------------------------------- weights
@@ -253,17 +255,10 @@ class SMoALayer(BaseTunerLayer):
 
     def add_delta_output(self, result: Tensor, x: Tensor, adapter_name: str) -> Tensor:
         """``result + dropout(x) ΔWᵀ`` in ``result``'s dtype; in place in ``result`` when that is safe."""
-        base = self.get_base_layer()
         in_place = (
             self.kernel != "reference"
             and not self.anchors_require_grad()
-            # a forward hook may have kept the base output: it must not see the branch added to it afterwards
-            and not base._forward_hooks
-            and not torch.nn.modules.module._global_forward_hooks
-            and result.is_contiguous()
-            and result._base is None
-            and not (result.is_leaf and result.requires_grad)
-            and not torch.compiler.is_compiling()
+            and output_is_private(result, self.get_base_layer())
         )
         if in_place:
             return self.delta_output(x, adapter_name, into=result)
@@ -363,6 +358,26 @@ class Linear(nn.Module, SMoALayer):
         return "smoa." + super().__repr__()
 
 
+def output_is_private(result: Tensor, base: nn.Module) -> bool:
+    """Whether the base layer's output ``result`` may be written in place: no one else can hold it.
+
+    Not when a forward hook (on ``base`` or global) may have kept it, when it is a view of another tensor
+    (``result._base``) or not contiguous, when it is a leaf that requires grad, or under ``torch.compile`` (which
+    traces functionally). The global hooks and ``_base`` are torch internals: if a torch release drops either
+    attribute, the answer is "not private" and the branch is added out of place (same values, one extra tensor).
+    """
+    global_hooks = getattr(torch.nn.modules.module, "_global_forward_hooks", None)
+    return (
+        global_hooks is not None
+        and not global_hooks
+        and not base._forward_hooks
+        and result.is_contiguous()
+        and getattr(result, "_base", result) is None
+        and not (result.is_leaf and result.requires_grad)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def unsupported_layer_message(module_name: str, module: nn.Module) -> str:
     return (
         f"SMoA cannot adapt module '{module_name}' of type {type(module).__module__}.{type(module).__qualname__}: "
@@ -381,7 +396,7 @@ def check_float_weight(base: nn.Module, module_name: str) -> None:
     kind = f"{type(base).__module__}.{type(base).__qualname__}"
     if weight is None or not torch.is_floating_point(weight) or type(weight).__name__ not in ("Parameter", "Tensor"):
         what = "no weight" if weight is None else f"a {type(weight).__name__} of dtype {weight.dtype}"
-        raise TypeError(
+        raise UnsupportedLayerError(
             f"module '{module_name}' ({kind}) stores {what}, not a floating-point weight matrix: SMoA anchors its "
             "blocks on W0 itself and cannot read it from quantised or packed storage (only bitsandbytes 4-bit and "
             "8-bit bases are dequantised for it). Load the base in float32/bfloat16/float16 or with transformers' "
@@ -448,7 +463,7 @@ def dispatch_default(target: nn.Module, adapter_name: str, config: SMoAConfig, m
         return Linear(target, adapter_name, config, fan_in_fan_out=False, module_name=module_name)
     if isinstance(base, Conv1D):
         return Linear(target, adapter_name, config, fan_in_fan_out=True, module_name=module_name)
-    raise TypeError(unsupported_layer_message(module_name, base))
+    raise UnsupportedLayerError(unsupported_layer_message(module_name, base))
 
 
 def dispatch_layer(target: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str) -> Linear:

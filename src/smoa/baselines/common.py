@@ -3,7 +3,8 @@
 Each baseline adapts dense layers only: ``torch.nn.Linear`` (weight ``(d_out, d_in)``) and transformers' ``Conv1D``
 (weight stored transposed, ``(d_in, d_out)``, i.e. fan_in_fan_out). This module holds
 
-- ``linear_dims``: the layer's ``(d_in, d_out, fan_in_fan_out)``, or a clear error naming the module and its type;
+- ``linear_dims`` (from :mod:`smoa.dense`, shared with SMoA): the layer's ``(d_in, d_out, fan_in_fan_out)``, or an
+  ``UnsupportedLayerError`` naming the module and its type;
 - ``DenseAdapterConfig``: the PEFT config fields every baseline has (targets, exclusions, layer selection, bias);
 - ``DenseAdapterLayer``: the tuner-layer skeleton: per-adapter containers keyed by adapter name, the forward
   ``y = base(x) + Σ_active adapter_output(x)``, and additive merge ``W ← W + ΔW`` / unmerge ``W ← W − ΔW``;
@@ -24,36 +25,12 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-SUPPORTED_LAYER_TYPES = "torch.nn.Linear and transformers.pytorch_utils.Conv1D"
-
-
-class UnsupportedLayerError(ValueError):
-    """A target module's type is not one the method can adapt."""
+from smoa.dense import UnsupportedLayerError, linear_dims
 
 
 class NotMergeableError(ValueError):
     """The method has no weight update ΔW that could be merged into the base weight."""
-
-
-def linear_dims(base_layer: nn.Module, module_name: str, method: str) -> tuple[int, int, bool]:
-    """Return ``(d_in, d_out, fan_in_fan_out)`` of a dense layer.
-
-    ``nn.Linear`` stores ``W`` as ``(d_out, d_in)``; ``Conv1D`` stores it as ``(d_in, d_out)`` (fan_in_fan_out=True).
-    Raises ``UnsupportedLayerError`` naming the module path and type for anything else.
-    """
-    if isinstance(base_layer, nn.Linear):
-        return base_layer.in_features, base_layer.out_features, False
-    if isinstance(base_layer, Conv1D):
-        d_in, d_out = base_layer.weight.shape
-        return int(d_in), int(d_out), True
-    layer_type = f"{type(base_layer).__module__}.{type(base_layer).__qualname__}"
-    short = module_name.rsplit(".", 1)[-1]
-    raise UnsupportedLayerError(
-        f"{method} cannot adapt module {module_name!r} of type {layer_type}: it supports only {SUPPORTED_LAYER_TYPES}. "
-        f"Remove {short!r} from target_modules or add it to exclude_modules."
-    )
 
 
 @dataclass

@@ -132,10 +132,15 @@ def test_mismatched_base_is_refused_and_can_be_overridden(tmp_path, tokens):
     config = smoa.SMoAConfig.from_pretrained(tmp_path)
     config.base_fingerprint_check = "off"
     loaded = PeftModel.from_pretrained(make_llama(seed=1), tmp_path, config=config)
-    assert smoa.smoa_layers(loaded)
-    # a base in another dtype is the same base
-    bf16 = make_llama(seed=0).to(torch.bfloat16)
-    PeftModel.from_pretrained(bf16, tmp_path)
+    saved = {n: p for n, p in model.named_parameters() if "smoa_" in n}
+    got = {n: p for n, p in loaded.named_parameters() if "smoa_" in n}
+    assert got.keys() == saved.keys() and all(torch.equal(got[n], saved[n]) for n in saved)
+    # a base in another dtype is the same base: it loads, with the saved block orders
+    bf16 = PeftModel.from_pretrained(make_llama(seed=0).to(torch.bfloat16), tmp_path)
+    layers, saved_layers = smoa.smoa_layers(bf16), smoa.smoa_layers(model)
+    assert layers.keys() == saved_layers.keys()
+    for name, layer in layers.items():
+        assert torch.equal(layer.smoa_row_order["default"], saved_layers[name].smoa_row_order["default"])
 
 
 def test_corrupted_adapter_file_is_named(tmp_path):
@@ -301,6 +306,9 @@ def test_generate(tokens):
     model = get_peft_model(make_llama(), smoa_config())
     out = model.generate(input_ids=tokens[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 9)
+    merged = copy.deepcopy(model).merge_and_unload()
+    want = merged.generate(input_ids=tokens[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, want)  # the unmerged adapter decodes the merged model's greedy tokens
 
 
 # -------------------------------------------------------------------------------------------- lean state

@@ -128,7 +128,6 @@ def test_values_are_normalised_and_the_help_states_each_rule():
 
 def test_method_args_the_method_does_not_take_are_named(tiny_model_dir, train_file, tmp_path):
     from smoa.training import run_training
-
     from tests.training.conftest import tiny_recipe_values
 
     for args, message in (({"r": 0, "num_blocks": 2}, "r=0 is invalid"), ({"r": 4, "colour": 1}, "'colour'")):

@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-COMMANDS = ("train", "eval", "compare", "study", "data", "methods", "analyze", "bench")
+COMMANDS = ("train", "eval", "compare", "study", "data", "methods", "analyze", "bench", "import-authors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"smoa.cli.{name}"
+        module_name = f"smoa.cli.{name.replace('-', '_')}"
         if importlib.util.find_spec(module_name) is None:
             continue
         importlib.import_module(module_name).register(subparsers)

@@ -163,6 +163,18 @@ def gathered_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def share_main_process_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Every process takes the main process's buffers (SMoA's block orders and base fingerprints among them), as
+    DDP does at start: each process computed its own orders by SVD at injection, and an SVD on other hardware or
+    with another thread count can order near-ties differently. DeepSpeed and FSDP2 do not synchronise buffers."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    for buffer in model.buffers():
+        shared = buffer.detach().to(device)
+        torch.distributed.broadcast(shared, src=0)
+        buffer.copy_(shared)
+
+
 def with_whole_base_count(plan, model: torch.nn.Module):
     """``plan`` (a :class:`smoa.methods.MethodPlan`) with the base's parameters counted whole: a ZeRO-3 partitioned
     parameter holds no elements in this process (its whole size is ``ds_numel``), so the base would count 0."""

@@ -42,6 +42,7 @@ from .engines import (
     gathered_trainable_state,
     load_for_evaluation,
     shards_parameters,
+    share_main_process_buffers,
     with_whole_base_count,
     write_engine_record,
 )
@@ -601,6 +602,7 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
         check_engine_of_checkpoint(checkpoint, recipe, args.world_size)
     model, tokenizer, plan = build_model(recipe)
     plan = with_whole_base_count(plan, model)  # ZeRO-3 partitioned the base: count its whole parameters
+    share_main_process_buffers(model, args.device)
     template = training_template(recipe, train_records)
     if len(train_records) > 10_000:
         log(f"tokenising {len(train_records):,} training examples (template {template.name}) ...")

@@ -18,7 +18,12 @@ def test_shipped_recipes_load(path):
         assert set(study.primary) <= set(study.arms) and study.recipe.task == "commonsense"
         return
     recipe = load_recipe(str(path))
-    assert recipe.name and recipe.task in ("commonsense", "math", "dialogue")
+    assert recipe.name and recipe.task in ("commonsense", "math", "dialogue", "custom")
+    if recipe.task == "custom":  # a shipped example points at a shipped file, which must read without error
+        from smoa.training.trainer import load_training_records
+
+        train, validation = load_training_records(recipe)
+        assert train and len(validation) == recipe.val_size
 
 
 def test_unknown_key_names_the_nearest(tmp_path):

@@ -121,10 +121,12 @@ def install_authors_forward(layer: nn.Module) -> None:
     def forward(self, x, *args, **kwargs):
         result = self.base_layer(x)
         a, b = self.smoa_A["default"], self.smoa_B["default"]
-        delta = torch.zeros(self.out_features, self.in_features, dtype=x.dtype, device=x.device)
+        # the dense matrix in the anchors' float32 (a bf16 / fp16 run casts it for the product, as autocast would)
+        delta = torch.zeros(self.out_features, self.in_features, dtype=torch.float32, device=x.device)
         for (rows, cols, anchor), a_k, b_k in zip(self._authors_blocks, a, b, strict=True):
-            delta[rows[:, None], cols[None, :]] = (b_k @ a_k) * anchor
-        return result + nn.functional.linear(self.smoa_dropout["default"](x), delta * self.scaling["default"])
+            delta[rows[:, None], cols[None, :]] = ((b_k @ a_k) * anchor).to(torch.float32)
+        weight = (delta * self.scaling["default"]).to(x.dtype)
+        return result + nn.functional.linear(self.smoa_dropout["default"](x), weight)
 
     layer.forward = types.MethodType(forward, layer)
 

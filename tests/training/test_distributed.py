@@ -178,6 +178,29 @@ def test_engine_matches_one_process_and_resumes_exactly(tiny_model_dir, data, si
 
 
 @needs_deepspeed
+def test_zero3_in_one_process_without_a_launcher(tiny_model_dir, data, single, tmp_path):
+    """`smoa train --set deepspeed=...` alone (one GPU, no torchrun): the same adapter, with DeepSpeed accumulating
+    the 2 micro-batches of each step."""
+    out = tmp_path / "run"
+    values = tiny_recipe_values(tiny_model_dir, data, out, max_steps=4, **COMMON, **ENGINES["zero3"])
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH_SCRIPT.format(src=SRC, record=str(tmp_path / "injection")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.run(
+        [sys.executable, str(script), "train", "--recipe", str(write_recipe(tmp_path / "r.yaml", values))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(env, OMP_NUM_THREADS="1", PYTHONPATH=SRC, SMOA_PROGRESS="0"),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    want = load_file(single / "adapter" / "adapter_model.safetensors")
+    got = load_file(out / "adapter" / "adapter_model.safetensors")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@needs_deepspeed
 def test_resuming_under_another_engine_is_refused(tiny_model_dir, data, single, tmp_path):
     """A checkpoint's optimizer state is stored per engine: resuming it under another one names both."""
     from smoa.training import load_recipe

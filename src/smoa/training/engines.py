@@ -73,8 +73,14 @@ def engine_name(recipe: Recipe) -> str:
 def engine_arguments(recipe: Recipe) -> dict[str, Any]:
     """The ``TrainingArguments`` keywords of the recipe's engine (none for plain data parallel)."""
     if recipe.deepspeed is not None:
+        config = read_deepspeed_config(recipe.deepspeed)
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-        return {"deepspeed": read_deepspeed_config(recipe.deepspeed)}
+        if "LOCAL_RANK" not in os.environ:  # no launcher: one process, as `torchrun --nproc_per_node 1` would set it
+            os.environ.update(
+                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=os.environ.get("MASTER_PORT") or _free_port(),
+            )  # fmt: skip
+        return {"deepspeed": config}
     if recipe.fsdp:
         return {"fsdp": True, "fsdp_config": {**FSDP_DEFAULTS, **recipe.fsdp_config}}
     return {}
@@ -90,6 +96,14 @@ def connect_engine(recipe: Recipe) -> None:
 
     if torch.distributed.is_initialized():
         deepspeed.init_distributed(get_accelerator().communication_backend_name(), auto_mpi_discovery=False)
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 def shards_parameters(recipe: Recipe) -> bool:

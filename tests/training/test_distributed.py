@@ -216,7 +216,7 @@ def test_resuming_under_another_engine_is_refused(tiny_model_dir, data, single, 
     check_engine_of_checkpoint(checkpoint, plain, 2)  # a full optimizer state: any process count
 
 
-def test_engine_keys_are_checked_and_left_out_of_the_fingerprint(tiny_model_dir, data, tmp_path):
+def test_engine_keys_are_checked_and_left_out_of_the_fingerprint(tiny_model_dir, data, tmp_path, monkeypatch):
     from smoa.training import load_recipe
     from smoa.training.engines import read_deepspeed_config
     from smoa.training.recipe import RecipeError
@@ -229,8 +229,16 @@ def test_engine_keys_are_checked_and_left_out_of_the_fingerprint(tiny_model_dir,
         load_recipe(None, **values, deepspeed="configs/deepspeed/zero2.json", fsdp=True)
     with pytest.raises(RecipeError, match=r"fsdp_config.*applies with fsdp=true only"):
         load_recipe(None, **values, fsdp_config={"reshard_after_forward": False})
+    with pytest.raises(RecipeError, match=r"fsdp='yes' is invalid: it must be true or false"):
+        load_recipe(None, **values, fsdp="yes")
     with pytest.raises(RecipeError, match=r"fsdp_config.version=1 is invalid: it must be 2"):
         load_recipe(None, **values, fsdp=True, fsdp_config={"version": 1})
+    real_find_spec = importlib.util.find_spec
+    missing = lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)  # noqa: E731
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.util, "find_spec", missing)
+        with pytest.raises(RecipeError, match=r"needs DeepSpeed, which is not installed: python3 -m pip install -e"):
+            read_deepspeed_config(str(CONFIGS / "deepspeed" / "zero3.json"))
     if HAS_DEEPSPEED:
         with pytest.raises(RecipeError, match=r"deepspeed='nowhere.json': the file does not exist; use configs/"):
             read_deepspeed_config("nowhere.json")

@@ -13,7 +13,7 @@ import smoa
 from smoa.adapter import autograd
 from smoa.adapter import functional as F
 from smoa.adapter.autograd import blockwise_delta_output, fused_linear
-from smoa.adapter.layer import KERNELS, output_is_private
+from smoa.adapter.kernel_choice import KERNELS, output_is_private
 from tests.adapter.conftest import LLAMA_TARGETS, make_llama
 from tests.adapter.test_functional import random_factors
 

@@ -349,10 +349,13 @@ def test_layer_holds_no_dense_matrix_and_saves_none_for_backward(kernel, dropout
     big = [tuple(t.shape) for t in saved if t.numel() >= d // 2 and t.data_ptr() != weight.data_ptr()]
     assert big == [], f"tensors of d_out*d_in/K or more saved for backward: {big}"
     # while merged, the only extra is the CPU copy needed for exact unmerge
+    before = weight.detach().clone()
     layer.merge()
-    assert layer._original_weight is not None and layer._original_weight.device.type == "cpu"
+    kept = layer.merge_snapshot.original
+    assert kept is not None and kept.device.type == "cpu" and torch.equal(kept, before)
     layer.unmerge()
-    assert layer._original_weight is None
+    assert layer.merge_snapshot.original is None and not layer.merge_snapshot.taken
+    assert torch.equal(weight, before)
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -90,7 +90,7 @@ class QuantizedLinear(Linear):
     # ------------------------------------------------------------------------------------------- weights
     def quantized_original(self) -> nn.Parameter:
         """The quantised parameter holding the original ``W0`` (the kept one while merged)."""
-        return self.get_base_layer().weight if self._original_weight is None else self._original_weight[0]
+        return self.merge_snapshot.original if self.merge_snapshot.taken else self.get_base_layer().weight
 
     def effective_weight(self) -> Tensor:
         """The current base weight, dequantised: ``(d_out, d_in)``, a fresh tensor."""
@@ -132,9 +132,7 @@ class QuantizedLinear(Linear):
             "full-precision copy of the base (smoa.adapter.deploy.merge_into_full_precision).",
             stacklevel=2,
         )
-        if self._original_weight is None:
-            # in a tuple: a Parameter assigned to a module attribute would be registered (and saved) as one
-            self._original_weight = (self.keep_original(),)
+        self.merge_snapshot.keep_first(self.keep_original)
         self.install(self.requantize(merged, original))
         self.merged_adapters.extend(adapter_names)
 
@@ -143,9 +141,7 @@ class QuantizedLinear(Linear):
         if not self.merged:
             warnings.warn(f"Module '{self.module_name}' is not merged; nothing to unmerge.", stacklevel=2)
             return
-        (original,) = self._original_weight
-        self._original_weight = None
-        self.install(original)
+        self.install(self.merge_snapshot.release())
         self.merged_adapters.clear()
 
 

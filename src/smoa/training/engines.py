@@ -106,11 +106,6 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def shards_parameters(recipe: Recipe) -> bool:
-    """Whether each process holds only a shard of the parameters (ZeRO-3, FSDP2): then gathers are collective."""
-    return engine_name(recipe) in ("zero3", "fsdp2")
-
-
 def check_engine_of_checkpoint(checkpoint: str | os.PathLike[str], recipe: Recipe, world_size: int) -> None:
     """Refuse to resume ``checkpoint`` under another engine or process count than the one that wrote it: their
     optimizer states are stored differently (DeepSpeed and FSDP shard them per process), and the Trainer would

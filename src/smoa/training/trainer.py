@@ -41,7 +41,6 @@ from .engines import (
     engine_arguments,
     gathered_trainable_state,
     load_for_evaluation,
-    shards_parameters,
     share_main_process_buffers,
     with_whole_base_count,
     write_engine_record,
@@ -638,7 +637,7 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     train_seconds = time.perf_counter() - started
     peak = peak_memory_mib()
     adapter_dir = run_dir / "adapter"
-    sharded = shards_parameters(recipe)
+    sharded = trainer.shards_parameters  # ZeRO-3 or FSDP2, from the recipe or from an accelerate config
     state = gathered_trainable_state(model) if sharded else None  # by every process together
     if trainer.args.should_save:
         with naming_a_full_disk(run_dir):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 
 from smoa.training.compare import compare_table, half_width_95
 from smoa.training.recipe import load_recipe
 from smoa.training.trainer import TrainResult
+from tests.training.conftest import tiny_recipe_values
 
 SETS = [("commonsense", "boolq"), ("commonsense", "piqa")]
 
@@ -89,3 +93,177 @@ def test_compare_prints_one_line_per_finished_evaluation(monkeypatch, tmp_path):
     ]
     assert bars == [False, False]
     assert not evaluation_logger.handlers and evaluation_logger.level == logging.NOTSET
+
+
+def run_with(method: str, summaries: dict[tuple[str, str], dict], **fields) -> TrainResult:
+    """A synthetic run whose evaluation holds ``summaries`` keyed by ``(task, dataset)``; ``fields`` replace the
+    other results of :func:`result`."""
+    evaluation: dict = {}
+    for (task, name), summary in summaries.items():
+        evaluation.setdefault(task, {"datasets": {}})["datasets"][name] = {"display": name.upper(), **summary}
+    return dataclasses.replace(result(method, {}), evaluation=evaluation, **fields)
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def accuracy(value: float, total: int = 100) -> dict:
+    return {"accuracy": value, "total": total}
+
+
+def test_dataset_columns_follow_the_commonsense_order_then_first_seen():
+    first = {
+        ("commonsense", "obqa"): accuracy(1.0),
+        ("commonsense", "boolq"): accuracy(2.0),
+        ("own", "mine"): accuracy(3.0),
+        ("commonsense", "arc_c"): accuracy(4.0),
+        ("commonsense", "piqa"): accuracy(5.0),
+    }
+    runs = [
+        run_with("smoa", first),
+        run_with("lora", {("dialogue", "convai2"): {"avg": 6.0}, ("commonsense", "boolq"): accuracy(7.0)}),
+    ]
+    header = cells(compare_table(runs).splitlines()[0])
+    assert header[3:9] == ["BOOLQ", "PIQA", "ARC_C", "OBQA", "MINE", "CONVAI2"]
+    assert header[9:] == ["Avg", "±95%", "Trainable", "Params%", "ΔW rank", "Train s", "Peak MiB"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="compare_table takes a set's display name from the first run with its task, which may lack that set",
+)
+def test_a_set_missing_from_the_first_run_of_its_task_gets_a_column():
+    runs = [
+        run_with("smoa", {("commonsense", "piqa"): accuracy(1.0)}),
+        run_with("lora", {("commonsense", "boolq"): accuracy(2.0)}),
+    ]
+    assert cells(compare_table(runs).splitlines()[0])[3:5] == ["BOOLQ", "PIQA"]
+
+
+def test_missing_results_and_other_metrics_are_na_cells():
+    """A set a run did not evaluate is left out of that method's mean over seeds, and is n/a where no seed has it
+    (so is the average then); the interval needs every set's accuracy and count; a metric without accuracy shows
+    its average; a run without rate, rank or memory shows n/a."""
+    both = {("commonsense", "boolq"): accuracy(40.0), ("commonsense", "piqa"): accuracy(80.0)}
+    runs = [
+        run_with("smoa", both),
+        run_with("smoa", {("commonsense", "boolq"): accuracy(60.0)}),
+        run_with(
+            "lora",
+            {("commonsense", "boolq"): accuracy(50.0)},
+            learning_rate=None,
+            update_rank=None,
+            peak_memory_mib=None,
+        ),
+        run_with("mora", {("commonsense", "boolq"): accuracy(50.0, total=0), ("commonsense", "piqa"): {"avg": 7.5}}),
+    ]
+    lines = compare_table(runs).splitlines()
+    assert cells(lines[0])[3:6] == ["BOOLQ", "PIQA", "Avg"]
+    smoa_row, lora_row, mora_row = (cells(line) for line in lines[2:])
+    assert smoa_row[:7] == ["smoa", "0.001", "2", "50.00", "80.00", "65.00", "n/a"]  # piqa from seed 1 alone
+    assert lora_row[:7] == ["lora", "n/a", "1", "50.00", "n/a", "n/a", "n/a"]
+    assert lora_row[9:] == ["n/a", "12", "n/a"]
+    assert mora_row[3:7] == ["50.00", "7.50", "28.75", "n/a"]
+
+
+def test_cost_columns_are_the_first_run_counts_and_seed_means():
+    runs = [
+        run_with(
+            "smoa",
+            {("commonsense", "boolq"): accuracy(50.0)},
+            trainable_params=1_234_567,
+            params_percent=0.123456,
+            update_rank=6.0,
+            train_seconds=10.0,
+            peak_memory_mib=100.0,
+            learning_rate=1e-3,
+        ),
+        run_with(
+            "smoa",
+            {("commonsense", "boolq"): accuracy(70.0, total=400)},
+            trainable_params=1_234_567,
+            params_percent=0.123456,
+            update_rank=9.0,
+            train_seconds=21.0,
+            peak_memory_mib=301.0,
+            learning_rate=3e-4,
+        ),
+    ]
+    lines = compare_table(runs).splitlines()
+    header, row = cells(lines[0]), cells(lines[2])
+    assert "Avg" not in header  # one evaluated set: its column is the average
+    assert header == [
+        "Method",
+        "lr",
+        "Seeds",
+        "BOOLQ",
+        "±95%",
+        "Trainable",
+        "Params%",
+        "ΔW rank",
+        "Train s",
+        "Peak MiB",
+    ]
+    widths = [half_width_95(r, [("commonsense", "boolq")]) for r in runs]
+    assert widths[0] == pytest.approx(100 * 1.96 * math.sqrt(0.25 / 100)) and widths[1] < widths[0]
+    assert row == [
+        "smoa",
+        "0.0003/0.001",
+        "2",
+        "60.00",
+        f"± {sum(widths) / 2:.1f}",
+        "1,234,567",
+        "0.1235",
+        "7.5",
+        "16",
+        "200",
+    ]
+    assert len(lines) == 3 and lines[1] == "|" + "---|" * len(header)
+
+
+def test_a_table_without_evaluations_keeps_its_cost_columns():
+    lines = compare_table([result("smoa", {})]).splitlines()
+    assert cells(lines[0]) == [
+        "Method",
+        "lr",
+        "Seeds",
+        "±95%",
+        "Trainable",
+        "Params%",
+        "ΔW rank",
+        "Train s",
+        "Peak MiB",
+    ]
+    assert cells(lines[2]) == ["smoa", "0.001", "1", "n/a", "1,000", "1.5000", "7.0", "12", "100"]
+
+
+def test_compare_trains_each_method_and_seed_in_its_folder(tiny_model_dir, train_file, tmp_path):
+    """Two methods on the tiny model: one run folder each, each at its own rate, and compare.json lists them."""
+    from smoa.training.compare import run_compare
+
+    values = tiny_recipe_values(
+        tiny_model_dir,
+        train_file,
+        tmp_path / "compare",
+        method_args={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        method_learning_rates={"lora": 1e-3},
+        max_steps=2,
+        eval_steps=2,
+        save_steps=2,
+    )
+    lines: list[str] = []
+    results = run_compare(load_recipe(None, **values), ["smoa", "lora"], [3], log=lines.append)
+    assert [(r.method, r.learning_rate, r.steps) for r in results] == [("smoa", 5e-3, 2), ("lora", 1e-3, 2)]
+    assert [Path(r.run_dir).name for r in results] == ["smoa-seed3", "lora-seed3"]
+    for r in results:
+        assert Path(r.run_dir).parent == tmp_path / "compare"
+        assert (Path(r.adapter_dir) / "adapter_model.safetensors").is_file()
+        assert r.trainable_params > 0
+    assert "=== smoa-seed3 ===" in lines and "=== lora-seed3 ===" in lines
+    saved = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    assert saved == [json.loads(json.dumps(r.__dict__)) for r in results]
+    table = compare_table(results).splitlines()
+    assert [cells(line)[:3] for line in table[2:]] == [["smoa", "0.005", "1"], ["lora", "0.001", "1"]]
+    assert [cells(line)[4] for line in table[2:]] == [f"{r.trainable_params:,}" for r in results]

@@ -1,4 +1,5 @@
-"""MeLoRA through the PEFT battery, against a dense reference of its formula, and its parameter count."""
+"""MeLoRA against a dense reference of its formula, its parameter count, init and errors (the behaviour checks every
+method passes are rows of tests/baselines/test_battery.py)."""
 
 from __future__ import annotations
 
@@ -7,49 +8,13 @@ import torch
 from peft import get_peft_model
 
 from smoa.baselines import MeLoRAConfig, UnsupportedLayerError
-from tests.baselines.conftest import (
-    TinyMLP,
-    adapted,
-    check_disable_adapter,
-    check_identity_at_init,
-    check_merge,
-    check_not_noop,
-    check_only_adapter_trains,
-    check_safe_merge,
-    check_save_load,
-    check_two_adapters,
-    tiny_gpt2,
-    tiny_llama,
-    tiny_mlp,
-)
+from tests.baselines.conftest import TinyMLP, adapted, melora_uneven, tiny_llama, tiny_mlp
 
-MLP_CONFIG = MeLoRAConfig(r=[2, 3, 1, 2], lora_alpha=[4.0, 6.0, 8.0, 2.0], target_modules=["lin0", "lin1"])
-LLAMA_CONFIG = MeLoRAConfig(
-    r=[2] * 4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-)
-GPT2_CONFIG = MeLoRAConfig(r=[1] * 4, lora_alpha=4, target_modules=["c_attn", "c_fc"])
-CASES = [(tiny_mlp, MLP_CONFIG), (tiny_llama, LLAMA_CONFIG), (tiny_gpt2, GPT2_CONFIG)]
-IDS = ["mlp", "llama", "gpt2-conv1d"]
+MLP_CONFIG = melora_uneven()
 
 
 def random_init(config: MeLoRAConfig) -> MeLoRAConfig:
     return MeLoRAConfig(**{**config.to_dict(), "init_lora_weights": False, "peft_type": None})
-
-
-@pytest.mark.parametrize(("make_base", "config"), CASES, ids=IDS)
-def test_battery(make_base, config, tmp_path) -> None:
-    check_identity_at_init(make_base, config)
-    config = random_init(config)
-    check_not_noop(make_base, config)
-    check_save_load(make_base, config, tmp_path)
-    check_merge(make_base, config)
-    check_safe_merge(make_base, config)
-    check_only_adapter_trains(make_base, config, "melora_")
-    check_disable_adapter(make_base, config)
-
-
-def test_two_adapters() -> None:
-    check_two_adapters(tiny_mlp, random_init(MLP_CONFIG))
 
 
 def reference_delta(A: torch.Tensor, B: torch.Tensor, ranks, alphas, d_in: int, d_out: int) -> torch.Tensor:

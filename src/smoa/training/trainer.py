@@ -45,6 +45,7 @@ from .engines import (
     with_whole_base_count,
     write_engine_record,
 )
+from .model_card import save_adapter
 from .recipe import Recipe, RecipeError
 
 RUN_FILE = "run.json"
@@ -672,18 +673,6 @@ def _train_in(run_dir: Path, recipe: Recipe, resume: bool, resume_from, callback
     if trainer.args.should_save:
         write_json_atomic(run_dir / "results.json", result.__dict__)
     return result
-
-
-def save_adapter(model, folder: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """``model.save_pretrained(folder)``, naming the default base model by its public id (not a cache folder).
-
-    ``state_dict``: the gathered state where the engine shards the parameters
-    (:func:`.engines.gathered_trainable_state`).
-    """
-    from smoa.models import record_public_base
-
-    model.save_pretrained(folder, state_dict=state_dict)
-    record_public_base(folder)
 
 
 def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:

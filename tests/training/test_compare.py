@@ -129,11 +129,6 @@ def test_dataset_columns_follow_the_commonsense_order_then_first_seen():
     assert header[9:] == ["Avg", "±95%", "Trainable", "Params%", "ΔW rank", "Train s", "Peak MiB"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="compare_table takes a set's display name from the first run with its task, which may lack that set",
-)
 def test_a_set_missing_from_the_first_run_of_its_task_gets_a_column():
     runs = [
         run_with("smoa", {("commonsense", "piqa"): accuracy(1.0)}),

@@ -117,7 +117,11 @@ def compare_table(results: list[TrainResult]) -> str:
                     datasets.append((task, name))
     datasets.sort(key=lambda td: COMMONSENSE_ORDER.index(td[1]) if td[1] in COMMONSENSE_ORDER else 99)
     displays = [
-        next(r.evaluation[t]["datasets"][d].get("display", d) for r in results if t in r.evaluation)
+        next(
+            r.evaluation[t]["datasets"][d].get("display", d)
+            for r in results
+            if d in r.evaluation.get(t, {}).get("datasets", {})
+        )
         for t, d in datasets
     ]
     header = ["Method", "lr", "Seeds", *displays]

@@ -124,25 +124,14 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_fields(pairs: list[str]) -> dict[str, str]:
-    """``["instruction=question", ...]`` → ``{"instruction": "question"}``; a malformed pair is a ValueError."""
-    fields = {}
-    for text in pairs:
-        name, sep, column = text.partition("=")
-        if not sep or not name or not column:
-            raise ValueError(f"--field {text!r} must be NAME=COLUMN, e.g. --field instruction=question")
-        fields[name] = column
-    return fields
-
-
 def show_own_data(args: argparse.Namespace) -> int:
     """``smoa data show FILE``: your records as training renders them (chat: with the model's chat template)."""
-    from smoa.tasks.custom import load_records, template_name
+    from smoa.tasks.custom import load_records, parse_field_pairs, template_name
     from smoa.tasks.prompts import chat_segments, get_template
     from smoa.tasks.records import DataFormatError
 
     try:
-        records, found = load_records(args.task, args.data_format, parse_fields(args.field))
+        records, found = load_records(args.task, args.data_format, parse_field_pairs(args.field))
         template = get_template(args.template or template_name(records))
         tokenizer = None
         if template.chat:

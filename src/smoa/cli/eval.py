@@ -138,18 +138,13 @@ def run_custom(args: argparse.Namespace) -> int:
     from smoa.evaluation.custom import evaluate_own_data
     from smoa.evaluation.runner import subsample
     from smoa.models import load_model_and_tokenizer
-    from smoa.tasks.custom import dataset_name, load_records, template_name
+    from smoa.tasks.custom import dataset_name, load_records, parse_field_pairs, template_name
     from smoa.tasks.prompts import get_template
 
     if not args.data_file:
         raise ValueError("--task custom needs --data-file: your JSON, JSONL, CSV or Parquet file of records")
-    fields = {}
-    for text in args.field:
-        name, sep, column = text.partition("=")
-        if not sep or not name or not column:
-            raise ValueError(f"--field {text!r} must be NAME=COLUMN, e.g. --field instruction=question")
-        fields[name] = column
-    records, _ = load_records(args.data_file, args.data_format, fields)  # before the model: errors in seconds
+    # read before the model loads: a bad file fails in seconds
+    records, _ = load_records(args.data_file, args.data_format, parse_field_pairs(args.field))
     records = subsample(records, args.limit, args.seed)
     template = get_template(args.template or template_name(records))
     started = time.perf_counter()

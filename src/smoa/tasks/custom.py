@@ -274,3 +274,15 @@ def template_name(records: Sequence[Record]) -> str:
     if records and records[0].messages:
         return "chat"
     return "alpaca" if records and records[0].instruction else "text"
+
+
+def parse_field_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``["instruction=question", ...]`` (the ``--field`` options) → ``{"instruction": "question"}``; a malformed
+    pair is a ValueError naming it."""
+    fields = {}
+    for text in pairs:
+        name, sep, column = text.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--field {text!r} must be NAME=COLUMN, e.g. --field instruction=question")
+        fields[name] = column
+    return fields

@@ -211,3 +211,32 @@ def test_summary_recomputes_accuracies_from_the_examples(tmp_path):
     assert smoa_row["average_per_seed"] == [75.0, 50.0]
     [headline] = [c for c in summary["comparisons"] if (c["a"], c["b"]) == ("smoa", "lora")]
     assert headline["difference"] == pytest.approx(((75.0 - 25.0) + (50.0 - 25.0)) / 2)
+
+
+def test_generation_table_counts_parsed_and_modal_answers_and_pairs_the_arms(tmp_path):
+    from smoa.study.summary import answer_shares, summary_markdown
+
+    study = parse_study(study_data(tmp_path, evaluation={"generate": {"arms": ["smoa", "lora"], "seeds": [1]}}))
+    answers = {
+        "smoa": ["the correct answer is true", "the correct answer is true", "no idea", "false"],
+        "lora": ["the correct answer is false"] * 4,
+    }
+    for arm, texts in answers.items():
+        correct = [1, 0, 0, 0] if arm == "smoa" else [0] * 4
+        fake_result(study, Task("generate", arm, 1e-3, 1), correct={"boolq": correct})
+        path = tmp_path / "results" / "runs" / f"generate-{arm}-seed1.json"
+        record = json.loads(path.read_text())
+        record["examples"]["boolq"]["predictions"] = texts
+        path.write_text(json.dumps(record))
+    results = load_results(study)
+    smoa = answer_shares([results["generate-smoa-seed1"]], ["boolq"])
+    assert smoa == {"parsed": 75.0, "modal": 50.0}  # "no idea" has no label; "true" is 2 of the 4 answers
+    assert answer_shares([results["generate-lora-seed1"]], ["boolq"]) == {"parsed": 100.0, "modal": 100.0}
+    summary = summarize(study)
+    assert list(summary["generation"]) == ["smoa", "lora"]  # the study's arm order
+    assert summary["generation"]["smoa"]["examples"] == 4
+    [pair] = summary["generation_comparisons"]
+    assert (pair["a"], pair["b"]) == ("smoa", "lora") and pair["difference"] == pytest.approx(25.0)
+    text = summary_markdown(summary)
+    assert "| smoa | 1 | 25.0 | **25.00** |" in text and "75.0 % | 50.0 %" in text
+    assert "Generation, smoa − lora: +25.00 points" in text

@@ -90,6 +90,29 @@ def paired_bootstrap(
     }
 
 
+def answer_shares(runs: Sequence[dict], datasets: Sequence[str]) -> dict[str, float]:
+    """How the generated answers read, in % over all sets and runs: ``parsed`` is the share in which the set's
+    answer regex (:func:`smoa.tasks.scoring.extract_choice`) finds a label; ``modal`` is the mean over sets and
+    runs of the share taken by the set's most frequent parsed label (100 % when a run always answers the same)."""
+    from collections import Counter
+
+    from smoa.tasks.scoring import extract_choice
+
+    parsed, total, modal = 0, 0, []
+    for run in runs:
+        for dataset in datasets:
+            labels = [extract_choice(text, dataset) for text in run["examples"][dataset]["predictions"]]
+            found = [label for label in labels if label is not None]
+            parsed += len(found)
+            total += len(labels)
+            modal.append(100 * Counter(found).most_common(1)[0][1] / len(labels) if found else 0.0)
+    return {"parsed": 100 * parsed / total if total else 0.0, "modal": statistics.fmean(modal) if modal else 0.0}
+
+
+def _has_predictions(runs: Sequence[dict], datasets: Sequence[str]) -> bool:
+    return all("predictions" in r["examples"][d] for r in runs for d in datasets)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -158,6 +181,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
             "peak_memory_mib": statistics.fmean(r["peak_memory_mib"] for r in runs if r["peak_memory_mib"]),
             "curves": [r["val_loss_curve"] for r in runs],
+            "modal": answer_shares(runs, datasets)["modal"] if _has_predictions(runs, datasets) else None,
         }  # fmt: skip
     if base:
         table["base"] = {
@@ -165,6 +189,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "per_set": {d: (_accuracy(base, d), 0.0) for d in datasets},
             "average": (statistics.fmean(_accuracy(base, d) for d in datasets), 0.0),
             "half_width": accuracy_half_width([base["examples"][d]["correct"] for d in datasets]),
+            "modal": answer_shares([base], datasets)["modal"] if _has_predictions([base], datasets) else None,
         }  # fmt: skip
     comparisons = []
     for a, b in study.all_comparisons():
@@ -174,15 +199,32 @@ def summarize(study: Study) -> dict[str, Any]:
             except ValueError:
                 continue
             comparisons.append({"a": a, "b": b, **stats})
-    generation = {}
+    generated: dict[str, list[dict]] = {}
     for r in results.values():
         if r["kind"] == "generate":
-            entry = generation.setdefault(r["variant"], {"seeds": [], "per_set": {}, "average": []})
-            entry["seeds"].append(r["seed"])
-            sets = _datasets([r])
-            for d in sets:
-                entry["per_set"].setdefault(d, []).append(_accuracy(r, d))
-            entry["average"].append(statistics.fmean(_accuracy(r, d) for d in sets))
+            generated.setdefault(r["variant"], []).append(r)
+    generation = {}
+    for variant in [v for v in [*study.arms, *study.ablations] if v in generated]:
+        runs = sorted(generated[variant], key=lambda r: r["seed"])
+        sets = _datasets(runs)
+        generation[variant] = {
+            "seeds": [r["seed"] for r in runs],
+            "per_set": {d: [_accuracy(r, d) for r in runs] for d in sets},
+            "average": [statistics.fmean(_accuracy(r, d) for d in sets) for r in runs],
+            "half_width": statistics.fmean(
+                accuracy_half_width([r["examples"][d]["correct"] for d in sets]) for r in runs
+            ),
+            "examples": sum(len(runs[0]["examples"][d]["correct"]) for d in sets),
+            **answer_shares(runs, sets),
+        }
+    generation_comparisons = []
+    for a, b in study.all_comparisons():
+        if a in generated and b in generated:
+            try:
+                stats = paired_bootstrap(generated[a], generated[b], _datasets(generated[a]), study.bootstrap)
+            except ValueError:
+                continue
+            generation_comparisons.append({"a": a, "b": b, **stats})
     return {
         "study": study.name,
         "sweeps": sweeps,
@@ -190,6 +232,7 @@ def summarize(study: Study) -> dict[str, Any]:
         "finals": table,
         "comparisons": comparisons,
         "generation": generation,
+        "generation_comparisons": generation_comparisons,
         "results": len(results),
     }
 
@@ -233,6 +276,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "Val loss",
             "Trainable",
             "ΔW rank",
+            "Modal",
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant, row in finals.items():
@@ -247,8 +291,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells += [f"{row['best_val_loss'][0]:.4f}", f"{row['trainable_params']:,}", _f(row["update_rank"], 1)]
             else:
                 cells += ["—", "0", "—"]
+            cells.append("—" if row.get("modal") is None else f"{row['modal']:.1f} %")
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [
+            "",
+            "Modal: the share of a set's answers taken by its most frequent label, averaged over sets and seeds "
+            "(100 % = always the same answer; the sets have 2–5 labels).",
+            "",
+        ]
     if summary["comparisons"]:
         lines += ["### Paired differences of average accuracy (points; bootstrap over seeds and examples)", ""]
         lines += [
@@ -267,14 +317,28 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             {d for g in summary["generation"].values() for d in g["per_set"]},
             key=lambda d: COMMONSENSE_ORDER.index(d) if d in COMMONSENSE_ORDER else 99,
         )
-        header = ["Arm", "Seeds", *(_display(d) for d in gen_sets), "Avg"]
+        header = ["Arm", "Seeds", *(_display(d) for d in gen_sets), "Avg", "±95% (examples)", "Parsed", "Modal"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant, g in summary["generation"].items():
             cells = [variant, str(len(g["seeds"]))]
-            cells += [_f(statistics.fmean(g["per_set"][d])) for d in gen_sets]
-            cells.append(_f(statistics.fmean(g["average"])))
+            cells += [_f(statistics.fmean(g["per_set"][d]), 1) for d in gen_sets]
+            cells.append(f"**{_f(statistics.fmean(g['average']))}**")
+            cells += [f"± {g['half_width']:.2f}", f"{g['parsed']:.1f} %", f"{g['modal']:.1f} %"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [
+            "",
+            f"{next(iter(summary['generation'].values()))['examples']} examples per run. Parsed: answers in which "
+            "the set's regex found a label (an unparsed answer counts as wrong). Modal: as above.",
+            "",
+        ]
+        for c in summary.get("generation_comparisons", []):
+            lines.append(
+                f"- Generation, {c['a']} − {c['b']}: {c['difference']:+.2f} points, 95% CI "
+                f"[{c['low']:+.2f}, {c['high']:+.2f}] (paired bootstrap, {c['seeds']} seed(s), {c['examples']} "
+                "examples)."
+            )
+        if summary.get("generation_comparisons"):
+            lines.append("")
     return "\n".join(lines)
 
 

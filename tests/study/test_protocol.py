@@ -240,3 +240,37 @@ def test_generation_table_counts_parsed_and_modal_answers_and_pairs_the_arms(tmp
     text = summary_markdown(summary)
     assert "| smoa | 1 | 25.0 | **25.00** |" in text and "75.0 % | 50.0 %" in text
     assert "Generation, smoa − lora: +25.00 points" in text
+
+
+def test_label_prior_floor_is_the_smoothed_label_loss_per_loss_token():
+    from smoa.study.floor import label_prior_floor
+    from smoa.tasks.records import Record
+
+    def record(dataset, answer, labels):
+        return Record(instruction=f"q\n\nAnswer format: {'/'.join(labels)}", output="", answer=answer, dataset=dataset)
+
+    train = [record("boolq", "true", ["true", "false"])] * 3 + [record("piqa", "solution1", ["solution1", "solution2"])]
+    validation = [record("boolq", "true", ["true", "false"]), record("piqa", "solution2", ["solution1", "solution2"])]
+    items = [{"labels": [-100, -100, 5, 6, 7]}, {"labels": [-100, 5, 6, 7, 8]}]
+    floor = label_prior_floor(train, validation, items)
+    # boolq: true seen 3 of 3 -> (3+1)/(3+1+0+1); piqa: solution2 never seen -> (0+1)/(1+1+0+1)
+    expected = (-math.log(4 / 5) - math.log(1 / 3)) / 7
+    assert floor == {"floor": pytest.approx(expected), "examples": 2, "loss_tokens": 7}
+
+
+def test_summary_shows_the_distance_to_the_label_prior_floor(tmp_path):
+    from smoa.study.summary import summary_markdown
+
+    study = parse_study(study_data(tmp_path))
+    fake_result(study, Task("final", "smoa", 1e-3, 1), 0.5, {"boolq": [1, 0]})
+    fake_result(study, Task("final", "smoa", 1e-3, 2), 0.7, {"boolq": [1, 1]})
+    assert "Val − floor" not in summary_markdown(summarize(study))  # no floor file: no column
+    floors = {"seeds": {"0": {"floor": 0.3}, "1": {"floor": 0.4}, "2": {"floor": 0.5}}}
+    (tmp_path / "results" / "label_prior.json").write_text(json.dumps(floors))
+    summary = summarize(study)
+    assert summary["finals"]["smoa"]["above_floor"] == pytest.approx(((0.5 - 0.4) + (0.7 - 0.5)) / 2)
+    text = summary_markdown(summary)
+    assert "| +0.1500 |" in text and "Val − floor" in text
+    (tmp_path / "results" / "label_prior.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a label-prior file"):
+        summarize(study)

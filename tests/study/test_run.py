@@ -65,6 +65,13 @@ def test_tiny_study_runs_resumes_and_summarises(tiny_model_dir, train_file, tmp_
     saved = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert saved["finals"]["smoa"]["seeds"] == [1, 2]
 
+    from smoa.study.floor import write_label_prior
+
+    floors = write_label_prior(study)["seeds"]
+    assert set(floors) == {"0", "1", "2"} and all(0 < f["floor"] < 2 and f["examples"] == 8 for f in floors.values())
+    summary = write_summary(study, doc)
+    assert summary["finals"]["smoa"]["above_floor"] is not None and "Val − floor" in doc.read_text()
+
 
 def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir, train_file, tmp_path):
     import yaml

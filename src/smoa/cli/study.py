@@ -4,6 +4,7 @@ final runs over several seeds, a paired bootstrap interval of the difference, ta
 smoa study --recipe recipes/study-cpu.yaml                # run (or continue) the study, then summarise it
 smoa study --recipe recipes/study-cpu.yaml --summarize    # only recompute tables and figures from the result JSONs
 smoa study --recipe recipes/study-cpu.yaml --plan         # list the tasks still to run
+smoa study --recipe recipes/study-cpu.yaml --floor        # write the label-prior floor of the validation loss
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_set_argument(parser, "a key of the shared training recipe")
     parser.add_argument("--summarize", action="store_true", help="only rewrite tables and figures from the results")
     parser.add_argument("--plan", action="store_true", help="list the tasks still to run (ready ones first)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="write label_prior.json (the validation loss of a model knowing only format and label shares), then "
+        "summarise",
+    )
     parser.add_argument("--max-tasks", type=int, default=None, help="stop after running this many tasks")
     parser.add_argument(
         "--doc",
@@ -56,7 +63,12 @@ def _run(args: argparse.Namespace) -> int:
         pending = [t.id for t in tasks_in_order(study, results) if t.id not in results]
         print(f"{len(results)} tasks done; ready now: {', '.join(pending) or 'none'}")
         return 0
-    if not args.summarize:
+    if args.floor:
+        from smoa.study.floor import write_label_prior
+
+        for seed, entry in write_label_prior(study)["seeds"].items():
+            print(f"seed {seed}: label-prior floor {entry['floor']:.4f} ({entry['examples']} validation examples)")
+    elif not args.summarize:
         run_study(study, max_tasks=args.max_tasks)
     summary = write_summary(study, args.doc)
     print(f"summary: {study.results_dir}/summary.md ({summary['results']} results)")

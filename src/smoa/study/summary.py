@@ -109,6 +109,22 @@ def answer_shares(runs: Sequence[dict], datasets: Sequence[str]) -> dict[str, fl
     return {"parsed": 100 * parsed / total if total else 0.0, "modal": statistics.fmean(modal) if modal else 0.0}
 
 
+def _label_prior(study: Study) -> dict[int, float]:
+    """seed → the label-prior floor of the validation loss, from ``label_prior.json`` when it was written
+    (:mod:`smoa.study.floor`); empty otherwise."""
+    import json
+
+    from smoa.study.floor import FLOOR_FILE
+
+    path = Path(study.results_dir) / FLOOR_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return {int(seed): float(entry["floor"]) for seed, entry in json.loads(path.read_text())["seeds"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a label-prior file ({error}); rewrite it with smoa study --floor") from None
+
+
 def _has_predictions(runs: Sequence[dict], datasets: Sequence[str]) -> bool:
     return all("predictions" in r["examples"][d] for r in runs for d in datasets)
 
@@ -130,6 +146,7 @@ def _accuracy(result: dict, dataset: str) -> float:
 def summarize(study: Study) -> dict[str, Any]:
     """Everything the tables show, from the result JSONs (see the module docstring)."""
     results = load_results(study)
+    floors = _label_prior(study)
     sweeps: dict[str, dict[str, Any]] = {}
     for arm in study.arms:
         rows = sorted(
@@ -182,6 +199,8 @@ def summarize(study: Study) -> dict[str, Any]:
             "peak_memory_mib": statistics.fmean(r["peak_memory_mib"] for r in runs if r["peak_memory_mib"]),
             "curves": [r["val_loss_curve"] for r in runs],
             "modal": answer_shares(runs, datasets)["modal"] if _has_predictions(runs, datasets) else None,
+            "above_floor": statistics.fmean(r["best_val_loss"] - floors[r["seed"]] for r in runs)
+            if all(r["seed"] in floors for r in runs) else None,
         }  # fmt: skip
     if base:
         table["base"] = {
@@ -227,12 +246,14 @@ def summarize(study: Study) -> dict[str, Any]:
             generation_comparisons.append({"a": a, "b": b, **stats})
     return {
         "study": study.name,
+        "sweep_seed": study.sweep_seed,
         "sweeps": sweeps,
         "datasets": datasets,
         "finals": table,
         "comparisons": comparisons,
         "generation": generation,
         "generation_comparisons": generation_comparisons,
+        "label_prior_floor": {str(seed): value for seed, value in floors.items()},
         "results": len(results),
     }
 
@@ -261,6 +282,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             ]
             chosen = f"**{sweep['chosen']:.3g}**" if sweep["chosen"] is not None else "pending"
             lines.append(f"- {arm}: " + ", ".join(cells) + f" → chosen {chosen}")
+        floors = summary.get("label_prior_floor", {})
+        sweep_floor = floors.get(str(summary.get("sweep_seed")))
+        if sweep_floor is not None:
+            lines.append(f"- label-prior floor of the validation loss at the sweep seed: {sweep_floor:.4f}")
         lines.append("")
     finals = summary["finals"]
     datasets = summary["datasets"]
@@ -277,6 +302,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "Trainable",
             "ΔW rank",
             "Modal",
+            *(["Val − floor"] if any(r.get("above_floor") is not None for r in finals.values()) else []),
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant, row in finals.items():
@@ -292,13 +318,22 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             else:
                 cells += ["—", "0", "—"]
             cells.append("—" if row.get("modal") is None else f"{row['modal']:.1f} %")
+            if "Val − floor" in header:
+                cells.append("—" if row.get("above_floor") is None else f"{row['above_floor']:+.4f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
             "Modal: the share of a set's answers taken by its most frequent label, averaged over sets and seeds "
             "(100 % = always the same answer; the sets have 2–5 labels).",
-            "",
         ]
+        if "Val − floor" in header:
+            lines.append(
+                "Val − floor: the best validation loss minus the label-prior floor at the run's seed, averaged over "
+                "seeds: the loss of a model that knows the answer format exactly and only each set's label shares "
+                "in the training slice (`smoa study --floor`, smoa.study.floor). At 0 a run has learned nothing "
+                "measurable beyond format and label frequencies; below 0 it uses the question."
+            )
+        lines.append("")
     if summary["comparisons"]:
         lines += ["### Paired differences of average accuracy (points; bootstrap over seeds and examples)", ""]
         lines += [

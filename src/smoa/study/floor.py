@@ -1,0 +1,80 @@
+"""The label-prior floor of a study's validation loss: what a model scores that knows the answer format exactly
+and, of the task, only how often each label occurs in its training slice.
+
+For multiple-choice records the response is a fixed function of (set, label) — ``"the correct answer is
+<label>"`` — so such a model puts probability 1 on every format token and ``p(label | set)`` on the label: the
+label's add-one smoothed share among the training slice's examples of that set, over the labels the record offers,
+
+    p(l | set) = (c_set(l) + 1) / Σ_{l' offered} (c_set(l') + 1),
+
+so that a label the slice never shows (ARC-Challenge has a handful of training examples in a small slice) is not
+impossible. Its token-weighted validation loss, the training loss's own definition, is
+
+    floor = Σ_i −ln p(label_i | set_i) / Σ_i n_i
+
+over the validation examples ``i``, with ``n_i`` the example's loss tokens. A run whose validation loss sits at the
+floor has learned the format and the label frequencies and nothing measurable beyond them; below the floor it uses
+the question. Written to ``<results_dir>/label_prior.json`` (one entry per seed of the study: the sweep's and the
+finals'), and shown by the summary next to each arm's validation loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from smoa.study.protocol import Study, StudyError
+
+FLOOR_FILE = "label_prior.json"
+
+
+def label_prior_floor(train: list, validation: list, items: list[dict[str, list[int]]]) -> dict[str, float]:
+    """The floor of one split (see the module docstring).
+
+    Args:
+        train: training records (their ``dataset`` and ``answer`` give the label shares).
+        validation: validation records, aligned with ``items``.
+        items: the validation records tokenised for training (``labels`` of −100 outside the loss).
+
+    Returns:
+        ``{"floor", "examples", "loss_tokens"}``.
+    """
+    from smoa.tasks.commonsense import answer_labels
+
+    shares: dict[str, Counter] = defaultdict(Counter)
+    for record in train:
+        shares[record.dataset][record.answer] += 1
+    nll, tokens = 0.0, 0
+    for record, item in zip(validation, items, strict=True):
+        counts = shares[record.dataset]
+        offered = answer_labels(record)
+        nll -= math.log((counts[record.answer] + 1) / sum(counts[label] + 1 for label in offered))
+        tokens += sum(1 for label in item["labels"] if label != -100)
+    return {"floor": nll / tokens if tokens else math.nan, "examples": len(validation), "loss_tokens": tokens}
+
+
+def write_label_prior(study: Study) -> dict[str, Any]:
+    """Compute the floor for every seed of ``study`` (the sweep seed and the final seeds) and write
+    ``<results_dir>/label_prior.json`` atomically. Needs the tokenizer and the data, not the model."""
+    from smoa.models import load_tokenizer
+    from smoa.study.runner import Task, task_recipe
+    from smoa.training.checkpoints import write_json_atomic
+    from smoa.training.trainer import load_training_records, tokenize_records
+
+    if study.recipe.task != "commonsense":
+        raise StudyError(
+            f"study {study.name!r}: the label-prior floor is defined for task commonsense (a response fixed by its "
+            f"label), not {study.recipe.task!r}"
+        )
+    arm = next(iter(study.arms))
+    tokenizer = load_tokenizer(study.recipe.model)
+    seeds = {}
+    for kind, seed in [("sweep", study.sweep_seed), *(("final", s) for s in study.seeds)]:
+        recipe = task_recipe(study, Task(kind, arm, study.arms[arm].learning_rates[0], seed))
+        train, validation = load_training_records(recipe)
+        seeds[str(seed)] = label_prior_floor(train, validation, tokenize_records(validation, tokenizer, recipe))
+    record = {"study": study.name, "definition": "see smoa.study.floor", "seeds": seeds}
+    write_json_atomic(Path(study.results_dir) / FLOOR_FILE, record)
+    return record

@@ -274,3 +274,19 @@ def test_summary_shows_the_distance_to_the_label_prior_floor(tmp_path):
     (tmp_path / "results" / "label_prior.json").write_text("{}")
     with pytest.raises(ValueError, match="not a label-prior file"):
         summarize(study)
+
+
+def test_an_arm_with_one_fixed_rate_is_not_swept(tmp_path):
+    from smoa.study.summary import summary_markdown
+
+    arms = {
+        "smoa": {"method": "smoa", "learning_rate": 3e-2},
+        "lora": {"method": "lora", "learning_rate": 3e-4},
+    }
+    study = parse_study(study_data(tmp_path, arms=arms, ablations={}))
+    order = [t.id for t in tasks_in_order(study, {})]
+    assert order[:3] == ["base", "final-smoa-seed1", "final-smoa-seed2"] and not any("sweep" in t for t in order)
+    assert "- smoa: **0.03**" in summary_markdown(summarize(study))
+    both = {"smoa": {"learning_rate": 3e-2, "learning_rates": [1e-3, 1e-2]}, "lora": arms["lora"]}
+    with pytest.raises(RecipeError, match="not both"):
+        parse_study(study_data(tmp_path, arms=both))

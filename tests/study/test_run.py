@@ -102,3 +102,14 @@ def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir,
     assert run_study(study, log=lambda *a: None, max_tasks=2) == 2
     first = load_results(study)["sweep-smoa-lr0.001"]
     assert first["steps"] == 11 and first["recipe"]["epochs"] == 1.0  # one epoch of the 44 training examples
+
+
+def test_the_long_follow_up_uses_the_rates_the_main_study_chose():
+    from smoa.study import load_study
+
+    chosen = {arm: s["chosen"] for arm, s in json.load(open("docs/study/cpu/summary.json"))["sweeps"].items()}
+    follow_up = load_study("recipes/study-cpu-long.yaml")
+    assert all(arm.fixed for arm in follow_up.arms.values())
+    assert {name: arm.learning_rates[0] for name, arm in follow_up.arms.items()} == {
+        name: chosen[name] for name in follow_up.arms
+    }

@@ -21,7 +21,8 @@ A study file (YAML) fixes the protocol before any test number is seen::
 The learning rate of an arm is the grid value with the lowest validation loss (the minimum over the run's
 evaluations, i.e. the best checkpoint's loss; ties go to the smaller rate). When it is the smallest or largest grid
 value, the next value beyond (×/÷ √10) is trained too, up to ``extend_grid`` times, so the choice is not an edge of
-an arbitrary grid. Test sets are evaluated only for the final runs, with one fixed subsample (``evaluation.seed``)
+an arbitrary grid. An arm may instead give one ``learning_rate`` chosen elsewhere (by an earlier study's sweep,
+say): it is not swept. Test sets are evaluated only for the final runs, with one fixed subsample (``evaluation.seed``)
 shared by every arm and seed, so the comparison is paired example by example.
 """
 
@@ -55,6 +56,7 @@ class Arm:
     method: str
     learning_rates: tuple[float, ...]
     method_args: dict[str, Any] = field(default_factory=dict)
+    fixed: bool = False  # one rate chosen elsewhere (``learning_rate:``, e.g. by another study's sweep): no sweep
 
 
 @dataclass(frozen=True)
@@ -165,16 +167,29 @@ def parse_study(data: dict[str, Any], source: str = "study") -> Study:
     arms = {}
     for arm_name, spec in _mapping(data.get("arms"), f"{source}: arms").items():
         spec = _mapping(spec, f"{source}: arms.{arm_name}")
-        _unknown(spec, ("method", "learning_rates", "method_args"), f"{source}: arms.{arm_name}")
-        rates = spec.get("learning_rates")
-        if not isinstance(rates, list) or len(rates) < 2:
-            raise StudyError(f"{source}: arms.{arm_name}.learning_rates must list at least two rates")
-        rates = sorted(_number(r, f"{source}: arms.{arm_name}.learning_rates") for r in rates)
+        _unknown(spec, ("method", "learning_rates", "learning_rate", "method_args"), f"{source}: arms.{arm_name}")
+        fixed = "learning_rate" in spec
+        if fixed and "learning_rates" in spec:
+            raise StudyError(
+                f"{source}: arms.{arm_name}: give learning_rates (a grid to sweep) or learning_rate (one rate "
+                "chosen elsewhere), not both"
+            )
+        if fixed:
+            rates = [_number(spec["learning_rate"], f"{source}: arms.{arm_name}.learning_rate")]
+        else:
+            rates = spec.get("learning_rates")
+            if not isinstance(rates, list) or len(rates) < 2:
+                raise StudyError(
+                    f"{source}: arms.{arm_name}.learning_rates must list at least two rates (or give one "
+                    "learning_rate chosen elsewhere)"
+                )
+            rates = sorted(_number(r, f"{source}: arms.{arm_name}.learning_rates") for r in rates)
         arms[arm_name] = Arm(
             arm_name,
             str(spec.get("method", arm_name)),
             tuple(rates),
             _mapping(spec.get("method_args"), f"{source}: arms.{arm_name}.method_args"),
+            fixed,
         )
     if len(arms) < 2:
         raise StudyError(f"{source}: arms must name at least two methods to compare")

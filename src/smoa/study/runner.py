@@ -69,6 +69,8 @@ def load_results(study: Study) -> dict[str, dict[str, Any]]:
 def sweep_state(study: Study, arm: str, results: dict[str, dict[str, Any]]) -> tuple[list[Task], float | None]:
     """``(sweep tasks still to run, chosen rate or None)`` for ``arm`` given the finished results."""
     spec = study.arms[arm]
+    if spec.fixed:
+        return [], spec.learning_rates[0]
     grid = [Task("sweep", arm, rate, study.sweep_seed) for rate in spec.learning_rates]
     missing = [t for t in grid if t.id not in results]
     if missing:

@@ -247,6 +247,7 @@ def summarize(study: Study) -> dict[str, Any]:
     return {
         "study": study.name,
         "sweep_seed": study.sweep_seed,
+        "fixed_rates": {name: arm.learning_rates[0] for name, arm in study.arms.items() if arm.fixed},
         "sweeps": sweeps,
         "datasets": datasets,
         "finals": table,
@@ -272,6 +273,10 @@ def _f(value: float | None, digits: int = 2) -> str:
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The study's tables as markdown (sweep, final accuracies, paired differences, generation check)."""
     lines: list[str] = []
+    if summary.get("fixed_rates"):
+        lines += ["### Learning rates (fixed: chosen before this study, not swept here)", ""]
+        lines += [f"- {arm}: **{rate:.3g}**" for arm, rate in summary["fixed_rates"].items()]
+        lines.append("")
     if summary["sweeps"]:
         lines += ["### Learning-rate sweep (validation loss, lowest over the run; seed of the sweep)", ""]
         for arm, sweep in summary["sweeps"].items():

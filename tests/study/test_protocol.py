@@ -290,3 +290,11 @@ def test_an_arm_with_one_fixed_rate_is_not_swept(tmp_path):
     both = {"smoa": {"learning_rate": 3e-2, "learning_rates": [1e-3, 1e-2]}, "lora": arms["lora"]}
     with pytest.raises(RecipeError, match="not both"):
         parse_study(study_data(tmp_path, arms=both))
+
+
+def test_loss_rise_is_the_largest_climb_above_the_lowest_earlier_loss():
+    from smoa.study.summary import loss_rise
+
+    assert loss_rise([[1, 0.5], [2, 0.4], [3, 0.3]]) == 0.0
+    assert loss_rise([[1, 0.5], [2, 0.2], [3, 0.6], [4, 0.1], [5, 0.3]]) == pytest.approx(0.4)
+    assert loss_rise([]) == 0.0

@@ -109,6 +109,16 @@ def answer_shares(runs: Sequence[dict], datasets: Sequence[str]) -> dict[str, fl
     return {"parsed": 100 * parsed / total if total else 0.0, "modal": statistics.fmean(modal) if modal else 0.0}
 
 
+def loss_rise(curve: Sequence[Sequence[float]]) -> float:
+    """The largest increase of a validation-loss curve ``[[step, loss], ...]`` above its lowest earlier value
+    (0 for a curve that never rises): how far a run strays from its best point before the end."""
+    rise, lowest = 0.0, math.inf
+    for _, loss in curve:
+        rise = max(rise, loss - lowest)
+        lowest = min(lowest, loss)
+    return rise
+
+
 def _label_prior(study: Study) -> dict[int, float]:
     """seed → the label-prior floor of the validation loss, from ``label_prior.json`` when it was written
     (:mod:`smoa.study.floor`); empty otherwise."""
@@ -199,6 +209,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "peak_memory_mib": statistics.fmean(r["peak_memory_mib"] for r in runs if r["peak_memory_mib"]),
             "curves": [r["val_loss_curve"] for r in runs],
             "modal": answer_shares(runs, datasets)["modal"] if _has_predictions(runs, datasets) else None,
+            "worst_rise": max(loss_rise(r["val_loss_curve"]) for r in runs),
             "above_floor": statistics.fmean(r["best_val_loss"] - floors[r["seed"]] for r in runs)
             if all(r["seed"] in floors for r in runs) else None,
         }  # fmt: skip
@@ -306,6 +317,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "Val loss",
             "Trainable",
             "ΔW rank",
+            "Worst rise",
             "Modal",
             *(["Val − floor"] if any(r.get("above_floor") is not None for r in finals.values()) else []),
         ]
@@ -322,12 +334,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells += [f"{row['best_val_loss'][0]:.4f}", f"{row['trainable_params']:,}", _f(row["update_rank"], 1)]
             else:
                 cells += ["—", "0", "—"]
+            cells.append("—" if row.get("worst_rise") is None else f"{row['worst_rise']:.3f}")
             cells.append("—" if row.get("modal") is None else f"{row['modal']:.1f} %")
             if "Val − floor" in header:
                 cells.append("—" if row.get("above_floor") is None else f"{row['above_floor']:+.4f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
+            "Worst rise: the largest increase of a run's validation loss above its lowest earlier value, the worst "
+            "seed (the run's adapter is its best checkpoint, so a rise costs nothing but shows instability).",
             "Modal: the share of a set's answers taken by its most frequent label, averaged over sets and seeds "
             "(100 % = always the same answer; the sets have 2–5 labels).",
         ]
@@ -414,6 +429,10 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
             ax.plot(steps, mean, marker="o", label=f"{variant} (lr {row['learning_rate']:.3g})")
             if len(curves) > 1:
                 ax.fill_between(steps, np.min(curves, axis=0), np.max(curves, axis=0), alpha=0.2)
+        seeds = {str(seed) for row in finals.values() for seed in row["seeds"]}
+        floors = [v for seed, v in summary.get("label_prior_floor", {}).items() if seed in seeds]
+        if floors:
+            ax.axhline(statistics.fmean(floors), color="grey", linestyle="--", label="label-prior floor")
         ax.set(xlabel="step", ylabel="validation loss", title="Validation loss at each arm's chosen rate")
         ax.legend()
         written.append(_save(fig, folder / "val_loss.png"))

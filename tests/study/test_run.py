@@ -113,3 +113,32 @@ def test_the_long_follow_up_uses_the_rates_the_main_study_chose():
     assert {name: arm.learning_rates[0] for name, arm in follow_up.arms.items()} == {
         name: chosen[name] for name in follow_up.arms
     }
+
+
+def test_study_command_plans_writes_the_floor_and_refuses_a_bad_file(tiny_model_dir, train_file, tmp_path, capsys):
+    import yaml
+
+    from smoa.cli.main import main
+
+    recipe = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "unused", max_steps=2)
+    recipe = {
+        k: v for k, v in recipe.items() if k not in ("output_dir", "method", "method_args", "learning_rate", "seed")
+    }
+    data = {
+        "name": "cli",
+        "output_dir": str(tmp_path / "runs"),
+        "results_dir": str(tmp_path / "results"),
+        "recipe": recipe,
+        "arms": {"smoa": {"method": "smoa", "learning_rate": 1e-2}, "lora": {"method": "lora", "learning_rate": 1e-3}},
+        "seeds": [1],
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["study", "--recipe", str(path), "--plan"]) == 0
+    assert "ready now: base, final-smoa-seed1, final-lora-seed1" in capsys.readouterr().out
+    assert main(["study", "--recipe", str(path), "--floor", "--doc", str(tmp_path / "none.md")]) == 0
+    assert "seed 1: label-prior floor" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "results" / "label_prior.json").read_text())["seeds"]) == {"0", "1"}
+    path.write_text(yaml.safe_dump({**data, "seedz": [1]}))
+    assert main(["study", "--recipe", str(path), "--plan"]) == 2
+    assert "unknown key 'seedz'" in capsys.readouterr().err

@@ -70,6 +70,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"seed {seed}: label-prior floor {entry['floor']:.4f} ({entry['examples']} validation examples)")
     elif not args.summarize:
         run_study(study, max_tasks=args.max_tasks)
+        _write_floor_once(study)
     summary = write_summary(study, args.doc)
     print(f"summary: {study.results_dir}/summary.md ({summary['results']} results)")
     return 0
+
+
+def _write_floor_once(study) -> None:
+    """After running tasks, the label-prior floor of a commonsense study is written once (it depends only on the
+    data, the seeds and the tokenizer)."""
+    from pathlib import Path
+
+    from smoa.study.floor import FLOOR_FILE, write_label_prior
+
+    if study.recipe.task == "commonsense" and not (Path(study.results_dir) / FLOOR_FILE).is_file():
+        write_label_prior(study)

@@ -138,7 +138,8 @@ def test_study_command_plans_writes_the_floor_and_refuses_a_bad_file(tiny_model_
     assert "ready now: base, final-smoa-seed1, final-lora-seed1" in capsys.readouterr().out
     assert main(["study", "--recipe", str(path), "--floor", "--doc", str(tmp_path / "none.md")]) == 0
     assert "seed 1: label-prior floor" in capsys.readouterr().out
-    assert set(json.loads((tmp_path / "results" / "label_prior.json").read_text())["seeds"]) == {"0", "1"}
+    # fixed rates only: no sweep seed
+    assert set(json.loads((tmp_path / "results" / "label_prior.json").read_text())["seeds"]) == {"1"}
     path.write_text(yaml.safe_dump({**data, "seedz": [1]}))
     assert main(["study", "--recipe", str(path), "--plan"]) == 2
     assert "unknown key 'seedz'" in capsys.readouterr().err

@@ -56,8 +56,8 @@ def label_prior_floor(train: list, validation: list, items: list[dict[str, list[
 
 
 def write_label_prior(study: Study) -> dict[str, Any]:
-    """Compute the floor for every seed of ``study`` (the sweep seed and the final seeds) and write
-    ``<results_dir>/label_prior.json`` atomically. Needs the tokenizer and the data, not the model."""
+    """Compute the floor for every seed of ``study`` (the sweep seed, when an arm is swept, and the final seeds) and
+    write ``<results_dir>/label_prior.json`` atomically. Needs the tokenizer and the data, not the model."""
     from smoa.models import load_tokenizer
     from smoa.study.runner import Task, task_recipe
     from smoa.training.checkpoints import write_json_atomic
@@ -71,7 +71,8 @@ def write_label_prior(study: Study) -> dict[str, Any]:
     arm = next(iter(study.arms))
     tokenizer = load_tokenizer(study.recipe.model)
     seeds = {}
-    for kind, seed in [("sweep", study.sweep_seed), *(("final", s) for s in study.seeds)]:
+    swept = any(not a.fixed for a in study.arms.values())
+    for kind, seed in [*([("sweep", study.sweep_seed)] if swept else []), *(("final", s) for s in study.seeds)]:
         recipe = task_recipe(study, Task(kind, arm, study.arms[arm].learning_rates[0], seed))
         train, validation = load_training_records(recipe)
         seeds[str(seed)] = label_prior_floor(train, validation, tokenize_records(validation, tokenizer, recipe))

@@ -306,7 +306,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     finals = summary["finals"]
     datasets = summary["datasets"]
     if finals:
-        lines += ["### Test accuracy (%), mean ± std over seeds", ""]
+        lines += ["### Test accuracy (%), mean ± std over seeds (one seed: its value)", ""]
         header = [
             "Arm",
             "lr",
@@ -325,10 +325,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for variant, row in finals.items():
             cells = [variant, _f(row["learning_rate"], 4) if row["learning_rate"] else "—", str(len(row["seeds"]))]
             cells += [
-                f"{m:.1f} ± {s:.1f}" if row["seeds"] else f"{m:.1f}" for m, s in (row["per_set"][d] for d in datasets)
+                f"{m:.1f} ± {s:.1f}" if len(row["seeds"]) > 1 else f"{m:.1f}"
+                for m, s in (row["per_set"][d] for d in datasets)
             ]
             mean, std = row["average"]
-            cells.append(f"**{mean:.2f} ± {std:.2f}**" if row["seeds"] else f"**{mean:.2f}**")
+            cells.append(f"**{mean:.2f} ± {std:.2f}**" if len(row["seeds"]) > 1 else f"**{mean:.2f}**")
             cells.append(f"± {row['half_width']:.2f}")
             if "best_val_loss" in row:
                 cells += [f"{row['best_val_loss'][0]:.4f}", f"{row['trainable_params']:,}", _f(row["update_rank"], 1)]

@@ -55,6 +55,17 @@ def test_train_writes_adapter_checkpoints_metrics_and_results(tiny_model_dir, tr
     assert result.best_val_loss == min(r["eval_loss"] for r in logged if "eval_loss" in r)
 
 
+def test_train_uses_the_recipes_rate_for_its_method(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(
+        tiny_model_dir, train_file, tmp_path / "run", max_steps=1, method_learning_rates={"smoa": 2e-2, "lora": 1e-4}
+    )
+    lines = []
+    run_training(load_recipe(None, **values), log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]
+    assert recorded["learning_rate"] == 2e-2 and recorded["method"] == "smoa"
+    assert "smoa: learning_rate 0.02 for smoa (method_learning_rates)" in lines
+
+
 def test_run_folder_guard(tiny_model_dir, train_file, tmp_path):
     values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
     run_training(load_recipe(None, **values), log=quiet)

@@ -576,6 +576,13 @@ def run_training(
     from smoa.methods import get_method
 
     get_method(recipe.method)  # an unknown name fails here, listing the known ones, before anything is loaded
+    if recipe.method_learning_rates:  # the recipe's rate for this method, as `smoa compare` would use it
+        if recipe.method in recipe.method_learning_rates:
+            log(
+                f"smoa: learning_rate {recipe.method_learning_rates[recipe.method]:g} for {recipe.method} "
+                "(method_learning_rates)"
+            )
+        recipe = recipe.for_method(recipe.method)
     run_dir = prepare_run_dir(recipe, resume or resume_from is not None, overwrite)
     try:
         return _train_in(run_dir, recipe, resume, resume_from, callbacks, log)

@@ -79,7 +79,7 @@ class Recipe:
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
     method_learning_rates: dict[str, float] = field(
         default_factory=dict,
-        metadata={"help": "Per-method peak learning rates for `smoa compare`, e.g. {smoa: 1e-2, lora: 1e-3}."},
+        metadata={"help": "Per-method peak learning rates (train and compare), e.g. {smoa: 3e-2, lora: 3e-4}."},
     )
     batch_size: int = field(default=32, metadata={"help": "Global batch size (examples per optimizer step)."})
     micro_batch_size: int = field(

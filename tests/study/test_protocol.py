@@ -298,3 +298,17 @@ def test_loss_rise_is_the_largest_climb_above_the_lowest_earlier_loss():
     assert loss_rise([[1, 0.5], [2, 0.4], [3, 0.3]]) == 0.0
     assert loss_rise([[1, 0.5], [2, 0.2], [3, 0.6], [4, 0.1], [5, 0.3]]) == pytest.approx(0.4)
     assert loss_rise([]) == 0.0
+
+
+def test_answer_shares_leave_out_free_form_sets_and_missing_predictions():
+    from smoa.study.summary import answer_shares
+
+    run = {
+        "examples": {
+            "gsm8k": {"predictions": ["The answer is: 4"], "correct": [1]},
+            "piqa": {"correct": [1]},  # no predictions saved
+        }
+    }
+    assert answer_shares([run], ["gsm8k", "piqa"]) == {"parsed": None, "modal": None}
+    run["examples"]["boolq"] = {"predictions": ["true", "false"], "correct": [1, 0]}
+    assert answer_shares([run], ["gsm8k", "piqa", "boolq"]) == {"parsed": 100.0, "modal": 50.0}

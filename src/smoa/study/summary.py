@@ -90,23 +90,29 @@ def paired_bootstrap(
     }
 
 
-def answer_shares(runs: Sequence[dict], datasets: Sequence[str]) -> dict[str, float]:
-    """How the generated answers read, in % over all sets and runs: ``parsed`` is the share in which the set's
+def answer_shares(runs: Sequence[dict], datasets: Sequence[str]) -> dict[str, float | None]:
+    """How the answers read, in % over all multiple-choice sets and runs: ``parsed`` is the share in which the set's
     answer regex (:func:`smoa.tasks.scoring.extract_choice`) finds a label; ``modal`` is the mean over sets and
-    runs of the share taken by the set's most frequent parsed label (100 % when a run always answers the same)."""
+    runs of the share taken by the set's most frequent parsed label (100 % when a run always answers the same).
+    Sets without an answer regex (free-form answers) or without saved predictions are left out; with none left,
+    both are None."""
     from collections import Counter
 
-    from smoa.tasks.scoring import extract_choice
+    from smoa.tasks.scoring import ANSWER_PATTERNS, extract_choice
 
     parsed, total, modal = 0, 0, []
     for run in runs:
         for dataset in datasets:
+            if dataset not in ANSWER_PATTERNS or "predictions" not in run["examples"][dataset]:
+                continue
             labels = [extract_choice(text, dataset) for text in run["examples"][dataset]["predictions"]]
             found = [label for label in labels if label is not None]
             parsed += len(found)
             total += len(labels)
             modal.append(100 * Counter(found).most_common(1)[0][1] / len(labels) if found else 0.0)
-    return {"parsed": 100 * parsed / total if total else 0.0, "modal": statistics.fmean(modal) if modal else 0.0}
+    if not total:
+        return {"parsed": None, "modal": None}
+    return {"parsed": 100 * parsed / total, "modal": statistics.fmean(modal)}
 
 
 def loss_rise(curve: Sequence[Sequence[float]]) -> float:
@@ -135,10 +141,6 @@ def _label_prior(study: Study) -> dict[int, float]:
         raise ValueError(f"{path}: not a label-prior file ({error}); rewrite it with smoa study --floor") from None
 
 
-def _has_predictions(runs: Sequence[dict], datasets: Sequence[str]) -> bool:
-    return all("predictions" in r["examples"][d] for r in runs for d in datasets)
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -151,6 +153,20 @@ def _datasets(results: list[dict]) -> list[str]:
 def _accuracy(result: dict, dataset: str) -> float:
     values = result["examples"][dataset]["correct"]
     return 100 * sum(values) / len(values)
+
+
+def _paired(study: Study, runs: dict[str, list[dict]], datasets: Sequence[str] | None = None) -> list[dict]:
+    """The paired bootstrap of every comparison of the study whose two sides both have runs (and share seeds and
+    examples); ``datasets`` default to those of the first side's runs."""
+    out = []
+    for a, b in study.all_comparisons():
+        if a in runs and b in runs:
+            try:
+                stats = paired_bootstrap(runs[a], runs[b], datasets or _datasets(runs[a]), study.bootstrap)
+            except ValueError:
+                continue
+            out.append({"a": a, "b": b, **stats})
+    return out
 
 
 def summarize(study: Study) -> dict[str, Any]:
@@ -208,7 +224,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
             "peak_memory_mib": statistics.fmean(r["peak_memory_mib"] for r in runs if r["peak_memory_mib"]),
             "curves": [r["val_loss_curve"] for r in runs],
-            "modal": answer_shares(runs, datasets)["modal"] if _has_predictions(runs, datasets) else None,
+            "modal": answer_shares(runs, datasets)["modal"],
             "worst_rise": max(loss_rise(r["val_loss_curve"]) for r in runs),
             "above_floor": statistics.fmean(r["best_val_loss"] - floors[r["seed"]] for r in runs)
             if all(r["seed"] in floors for r in runs) else None,
@@ -219,16 +235,9 @@ def summarize(study: Study) -> dict[str, Any]:
             "per_set": {d: (_accuracy(base, d), 0.0) for d in datasets},
             "average": (statistics.fmean(_accuracy(base, d) for d in datasets), 0.0),
             "half_width": accuracy_half_width([base["examples"][d]["correct"] for d in datasets]),
-            "modal": answer_shares([base], datasets)["modal"] if _has_predictions([base], datasets) else None,
+            "modal": answer_shares([base], datasets)["modal"],
         }  # fmt: skip
-    comparisons = []
-    for a, b in study.all_comparisons():
-        if a in finals and b in finals:
-            try:
-                stats = paired_bootstrap(finals[a], finals[b], datasets, study.bootstrap)
-            except ValueError:
-                continue
-            comparisons.append({"a": a, "b": b, **stats})
+    comparisons = _paired(study, finals, datasets)
     generated: dict[str, list[dict]] = {}
     for r in results.values():
         if r["kind"] == "generate":
@@ -247,14 +256,7 @@ def summarize(study: Study) -> dict[str, Any]:
             "examples": sum(len(runs[0]["examples"][d]["correct"]) for d in sets),
             **answer_shares(runs, sets),
         }
-    generation_comparisons = []
-    for a, b in study.all_comparisons():
-        if a in generated and b in generated:
-            try:
-                stats = paired_bootstrap(generated[a], generated[b], _datasets(generated[a]), study.bootstrap)
-            except ValueError:
-                continue
-            generation_comparisons.append({"a": a, "b": b, **stats})
+    generation_comparisons = _paired(study, generated)
     return {
         "study": study.name,
         "sweep_seed": study.sweep_seed,
@@ -379,7 +381,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells = [variant, str(len(g["seeds"]))]
             cells += [_f(statistics.fmean(g["per_set"][d]), 1) for d in gen_sets]
             cells.append(f"**{_f(statistics.fmean(g['average']))}**")
-            cells += [f"± {g['half_width']:.2f}", f"{g['parsed']:.1f} %", f"{g['modal']:.1f} %"]
+            cells.append(f"± {g['half_width']:.2f}")
+            cells += ["—" if v is None else f"{v:.1f} %" for v in (g["parsed"], g["modal"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",

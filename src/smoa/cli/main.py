@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-COMMANDS = ("train", "eval", "compare", "study", "data", "methods", "analyze", "bench", "import-authors")
+COMMANDS = ("train", "eval", "compare", "study", "evidence", "data", "methods", "analyze", "bench", "import-authors")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ class MethodPlan:
     budget: str
     model: str
     settings: dict[str, Any]
-    target_modules: tuple[str, ...] | None
+    target_modules: tuple[str, ...] | str | None  # a str is a regex, passed to PEFT as such
     trainable_params: int
     base_params: int
     rank_ceilings: dict[str, int] = field(default_factory=dict)
@@ -58,7 +58,9 @@ class MethodPlan:
         import smoa.baselines  # noqa: F401  (registers MeLoRA, MoRA, SSMLoRA with PEFT)
 
         method = get_method(self.method)
-        targets = list(self.target_modules) if self.target_modules is not None else None
+        targets = self.target_modules
+        if targets is not None and not isinstance(targets, str):
+            targets = list(targets)
         return method.make_config(self.settings, targets, self.spec)
 
 
@@ -88,7 +90,7 @@ def _make_plan(
     budget: str,
     settings: dict[str, Any],
     layers: list[LayerShape],
-    targets: tuple[str, ...] | None,
+    targets: tuple[str, ...] | str | None,
     target_params: int | None,
 ) -> MethodPlan:
     return MethodPlan(
@@ -140,11 +142,11 @@ def plan_method(
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(BUDGETS)}")
     spec = load_model_spec(model)
-    targets: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | str | None = None
     layers: list[LayerShape] = []
     if method.family == "adapter":
         chosen = target_modules if target_modules is not None else DEFAULT_TARGETS
-        targets = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+        targets = chosen if isinstance(chosen, str) else tuple(chosen)
         layers = _resolve_layers(method, spec, chosen)
     settings = {**method.paper, **overrides}
     if budget == "paper":
@@ -163,7 +165,7 @@ def plan_method(
         raise BudgetUnreachableError(
             f"{method.name} cannot reach {target:,} trainable parameters (±{tolerance:.0%}) on {spec.name}: its "
             f"configurations span {smallest:,} ({method.knob}={low}) to {largest:,} ({method.knob}={high})"
-            + (f" on targets {list(targets)}" if targets else "")
+            + (f" on targets {targets if isinstance(targets, str) else list(targets)}" if targets else "")
             + ". Choose a target in that range"
             + (" or other target_modules." if targets else ".")
         )

@@ -1,0 +1,1 @@
+"""Experiments that can separate the methods: memorisation and expressivity fits (docs/evidence.md)."""

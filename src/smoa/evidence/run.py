@@ -119,10 +119,10 @@ _STATES: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def shared_lower_states(model: nn.Module, data: MemorizeData, first: int) -> torch.Tensor:
-    """:func:`lower_layer_states`, computed once per (data, layer) in a process and shared by every arm."""
+    """:func:`lower_layer_states`, computed once per (data, layer) in a process and shared by every arm (a few
+    MB per seed, so every seed's states are kept)."""
     key = (data.digest, first)
     if key not in _STATES:
-        _STATES.clear()
         _STATES[key] = lower_layer_states(model, data, first)
     return _STATES[key]
 

@@ -12,7 +12,10 @@ BASE = {
     "out": "OUT",
     "train": {"n_pairs": 16, "steps": 2},
     "budgets": {"low": 100},
-    "arms": {"a": {"method": "lora", "budget": "low", "rates": [0.01, 0.0316]}, "f": {"method": "full", "rates": [1e-3]}},
+    "arms": {
+        "a": {"method": "lora", "budget": "low", "rates": [0.01, 0.0316]},
+        "f": {"method": "full", "rates": [1e-3]},
+    },
     "sweep_seed": 0,
     "seeds": [1, 2],
     "primary": {"metric": "char_accuracy"},
@@ -60,3 +63,38 @@ def test_sweep_extends_past_an_edge_then_runs_the_seeds(tmp_path):
 def test_bad_experiment_files_name_the_key(tmp_path, changes, message):
     with pytest.raises(EvidenceError, match=message):
         load_experiment(_write(tmp_path, **changes))
+
+
+def test_summary_pairs_seeds_and_gives_the_t_interval(tmp_path):
+    from smoa.evidence.summary import summarize
+    from smoa.study.intervals import paired_t_interval
+
+    experiment = load_experiment(
+        _write(
+            tmp_path,
+            arms={"a": BASE["arms"]["a"], "b": BASE["arms"]["a"]},
+            primary={"difference": ["a", "b"], "step": 2},
+        )
+    )
+
+    def run(acc, loss=1.0):
+        curve = [{"step": 0, "char_accuracy": 0.06, "exact_match": 0.0, "value_loss": 2.7},
+                 {"step": 2, "char_accuracy": acc, "exact_match": 0.0, "value_loss": loss}]  # fmt: skip
+        return {"curve": curve, "final": curve[-1], "diverged": None, "trainable_params": 10, "steps_to_half": None,
+                "seconds": 1.0, "git_commit": "c", "spec": {"learning_rate": 0.0}}  # fmt: skip
+
+    runs = {}
+    for arm in ("a", "b"):
+        for rate, loss in ((0.01, 1.0), (0.0316, 2.0), (0.00316, 3.0)):
+            r = run(0.1, loss)
+            r["spec"] = {"learning_rate": rate}
+            runs[run_id("sweep", arm, rate)] = r
+    accuracy = {("a", 1): 0.5, ("a", 2): 0.7, ("b", 1): 0.2, ("b", 2): 0.6}
+    for (arm, seed), acc in accuracy.items():
+        runs[run_id("final", arm, seed=seed)] = run(acc)
+    experiment.runs_dir.mkdir(parents=True)
+    for key, value in runs.items():
+        (experiment.runs_dir / f"{key}.json").write_text(__import__("json").dumps(value))
+    [comparison] = summarize(experiment)["comparisons"]
+    assert comparison["differences"] == pytest.approx([30.0, 10.0])
+    assert comparison["low"] == pytest.approx(paired_t_interval([30.0, 10.0])["low"])

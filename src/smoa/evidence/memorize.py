@@ -11,7 +11,8 @@ exact match.
 
 Shortcut for small machines (:func:`lower_layer_states`, :func:`top_layer_states`): with adapters on the top
 ``n`` decoder layers only, the frozen lower layers see the same tokens at every step, so their output is computed
-once and the model is run from there. ``tests/evidence/test_memorize.py`` checks that this gives the loss of the full forward.
+once and the model is run from there. ``tests/evidence/test_memorize.py`` checks that this gives the loss of
+the full forward.
 """
 
 from __future__ import annotations

@@ -242,8 +242,8 @@ def test_generation_table_counts_parsed_and_modal_answers_and_pairs_the_arms(tmp
     assert "Generation, smoa − lora: +25.00 points" in text
 
 
-def test_label_prior_floor_is_the_smoothed_label_loss_per_loss_token():
-    from smoa.study.floor import label_prior_floor
+def test_reference_losses_are_the_label_prior_and_uniform_guess_per_loss_token():
+    from smoa.study.floor import ratio_with_error, reference_losses
     from smoa.tasks.records import Record
 
     def record(dataset, answer, labels):
@@ -252,10 +252,18 @@ def test_label_prior_floor_is_the_smoothed_label_loss_per_loss_token():
     train = [record("boolq", "true", ["true", "false"])] * 3 + [record("piqa", "solution1", ["solution1", "solution2"])]
     validation = [record("boolq", "true", ["true", "false"]), record("piqa", "solution2", ["solution1", "solution2"])]
     items = [{"labels": [-100, -100, 5, 6, 7]}, {"labels": [-100, 5, 6, 7, 8]}]
-    floor = label_prior_floor(train, validation, items)
+    references = reference_losses(train, validation, items)
     # boolq: true seen 3 of 3 -> (3+1)/(3+1+0+1); piqa: solution2 never seen -> (0+1)/(1+1+0+1)
     expected = (-math.log(4 / 5) - math.log(1 / 3)) / 7
-    assert floor == {"floor": pytest.approx(expected), "examples": 2, "loss_tokens": 7}
+    assert references["label_prior"] == pytest.approx(expected)
+    assert references["uniform"] == pytest.approx(2 * math.log(2) / 7)
+    assert (references["examples"], references["loss_tokens"]) == (2, 7)
+    # delta-method standard error of a ratio of sums, against the formula written out
+    losses, tokens = [-math.log(4 / 5), -math.log(1 / 3)], [3, 4]
+    ratio = sum(losses) / 7
+    se = math.sqrt(sum((loss - ratio * n) ** 2 for loss, n in zip(losses, tokens, strict=True)) / 2) / 3.5
+    assert references["label_prior_se"] == pytest.approx(se)
+    assert ratio_with_error([1.0, 1.0], [2, 2]) == (0.5, 0.0)
 
 
 def test_summary_shows_the_distance_to_the_label_prior_floor(tmp_path):
@@ -264,13 +272,19 @@ def test_summary_shows_the_distance_to_the_label_prior_floor(tmp_path):
     study = parse_study(study_data(tmp_path))
     fake_result(study, Task("final", "smoa", 1e-3, 1), 0.5, {"boolq": [1, 0]})
     fake_result(study, Task("final", "smoa", 1e-3, 2), 0.7, {"boolq": [1, 1]})
-    assert "Val − floor" not in summary_markdown(summarize(study))  # no floor file: no column
-    floors = {"seeds": {"0": {"floor": 0.3}, "1": {"floor": 0.4}, "2": {"floor": 0.5}}}
+    assert "Val − prior" not in summary_markdown(summarize(study))  # no reference file: no column
+    floors = {"seeds": {"0": {"floor": 0.3}, "1": {"floor": 0.4}, "2": {"floor": 0.5}}}  # older code's file
     (tmp_path / "results" / "label_prior.json").write_text(json.dumps(floors))
     summary = summarize(study)
     assert summary["finals"]["smoa"]["above_floor"] == pytest.approx(((0.5 - 0.4) + (0.7 - 0.5)) / 2)
     text = summary_markdown(summary)
-    assert "| +0.1500 |" in text and "Val − floor" in text
+    assert "| +0.1500 |" in text and "| Val − prior |" in text and "| Val − uniform |" not in text
+    new = {str(s): {"label_prior": v, "label_prior_se": 0.01, "uniform": v - 0.1, "uniform_se": 0.01}
+           for s, v in ((0, 0.3), (1, 0.4), (2, 0.5))}  # fmt: skip
+    (tmp_path / "results" / "label_prior.json").write_text(json.dumps({"seeds": new}))
+    summary = summarize(study)
+    assert summary["finals"]["smoa"]["above_uniform"] == pytest.approx(0.25)
+    assert "| Val − uniform |" in summary_markdown(summary)
     (tmp_path / "results" / "label_prior.json").write_text("{}")
     with pytest.raises(ValueError, match="not a label-prior file"):
         summarize(study)

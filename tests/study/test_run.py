@@ -68,9 +68,10 @@ def test_tiny_study_runs_resumes_and_summarises(tiny_model_dir, train_file, tmp_
     from smoa.study.floor import write_label_prior
 
     floors = write_label_prior(study)["seeds"]
-    assert set(floors) == {"0", "1", "2"} and all(0 < f["floor"] < 2 and f["examples"] == 8 for f in floors.values())
+    assert set(floors) == {"0", "1", "2"}
+    assert all(0 < f["uniform"] < 2 and 0 < f["label_prior"] < 2 and f["examples"] == 8 for f in floors.values())
     summary = write_summary(study, doc)
-    assert summary["finals"]["smoa"]["above_floor"] is not None and "Val − floor" in doc.read_text()
+    assert summary["finals"]["smoa"]["above_floor"] is not None and "Val − uniform" in doc.read_text()
 
 
 def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir, train_file, tmp_path):
@@ -137,7 +138,7 @@ def test_study_command_plans_writes_the_floor_and_refuses_a_bad_file(tiny_model_
     assert main(["study", "--recipe", str(path), "--plan"]) == 0
     assert "ready now: base, final-smoa-seed1, final-lora-seed1" in capsys.readouterr().out
     assert main(["study", "--recipe", str(path), "--floor", "--doc", str(tmp_path / "none.md")]) == 0
-    assert "seed 1: label-prior floor" in capsys.readouterr().out
+    assert "seed 1: uniform guess" in capsys.readouterr().out
     # fixed rates only: no sweep seed
     assert set(json.loads((tmp_path / "results" / "label_prior.json").read_text())["seeds"]) == {"1"}
     path.write_text(yaml.safe_dump({**data, "seedz": [1]}))

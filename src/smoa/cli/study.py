@@ -67,7 +67,10 @@ def _run(args: argparse.Namespace) -> int:
         from smoa.study.floor import write_label_prior
 
         for seed, entry in write_label_prior(study)["seeds"].items():
-            print(f"seed {seed}: label-prior floor {entry['floor']:.4f} ({entry['examples']} validation examples)")
+            print(
+                f"seed {seed}: uniform guess {entry['uniform']:.4f} ± {entry['uniform_se']:.4f}, label prior "
+                f"{entry['label_prior']:.4f} ± {entry['label_prior_se']:.4f} ({entry['examples']} validation examples)"
+            )
     elif not args.summarize:
         run_study(study, max_tasks=args.max_tasks)
         _write_floor_once(study)

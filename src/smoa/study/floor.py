@@ -1,5 +1,6 @@
-"""The label-prior floor of a study's validation loss: what a model scores that knows the answer format exactly
-and, of the task, only how often each label occurs in its training slice.
+"""Reference losses of a study's validation split: what a model scores that knows the answer format exactly and,
+of the task, only how often each label occurs in its training slice (the *label prior*), or nothing at all (a
+*uniform guess* over the labels a record offers).
 
 For multiple-choice records the response is a fixed function of (set, label) — ``"the correct answer is
 <label>"`` — so such a model puts probability 1 on every format token and ``p(label | set)`` on the label: the
@@ -12,10 +13,16 @@ impossible. Its token-weighted validation loss, the training loss's own definiti
 
     floor = Σ_i −ln p(label_i | set_i) / Σ_i n_i
 
-over the validation examples ``i``, with ``n_i`` the example's loss tokens. A run whose validation loss sits at the
-floor has learned the format and the label frequencies and nothing measurable beyond them; below the floor it uses
-the question. Written to ``<results_dir>/label_prior.json`` (one entry per seed of the study: the sweep's and the
-finals'), and shown by the summary next to each arm's validation loss.
+over the validation examples ``i``, with ``n_i`` the example's loss tokens; the uniform guess puts
+``−ln(1 / #offered)`` in the numerator instead. Neither is a floor: on the studied splits the uniform guess scores
+*lower* than the label prior (the smoothed training shares fit the 120 validation examples worse than equal
+shares), and a model that knows something of the question can be above either. Each comes with its sampling noise
+over the validation examples, the standard error of a ratio of sums (delta method),
+
+    se = sqrt(Σ_i (ℓ_i − R n_i)² / (m (m − 1))) / mean(n),   R = Σ ℓ_i / Σ n_i,   m examples,
+
+so a run's distance to a reference can be read against it. Written to ``<results_dir>/label_prior.json`` (one
+entry per seed of the study: the sweep's and the finals'), and shown by the summary next to each arm's loss.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from smoa.study.protocol import Study, StudyError
 FLOOR_FILE = "label_prior.json"
 
 
-def label_prior_floor(train: list, validation: list, items: list[dict[str, list[int]]]) -> dict[str, float]:
-    """The floor of one split (see the module docstring).
+def reference_losses(train: list, validation: list, items: list[dict[str, list[int]]]) -> dict[str, float]:
+    """The reference losses of one split (see the module docstring).
 
     Args:
         train: training records (their ``dataset`` and ``answer`` give the label shares).
@@ -39,20 +46,40 @@ def label_prior_floor(train: list, validation: list, items: list[dict[str, list[
         items: the validation records tokenised for training (``labels`` of −100 outside the loss).
 
     Returns:
-        ``{"floor", "examples", "loss_tokens"}``.
+        ``{"label_prior", "label_prior_se", "uniform", "uniform_se", "examples", "loss_tokens"}``.
     """
     from smoa.tasks.commonsense import answer_labels
 
     shares: dict[str, Counter] = defaultdict(Counter)
     for record in train:
         shares[record.dataset][record.answer] += 1
-    nll, tokens = 0.0, 0
+    prior, uniform, tokens = [], [], []
     for record, item in zip(validation, items, strict=True):
         counts = shares[record.dataset]
         offered = answer_labels(record)
-        nll -= math.log((counts[record.answer] + 1) / sum(counts[label] + 1 for label in offered))
-        tokens += sum(1 for label in item["labels"] if label != -100)
-    return {"floor": nll / tokens if tokens else math.nan, "examples": len(validation), "loss_tokens": tokens}
+        prior.append(-math.log((counts[record.answer] + 1) / sum(counts[label] + 1 for label in offered)))
+        uniform.append(math.log(len(offered)))
+        tokens.append(sum(1 for label in item["labels"] if label != -100))
+    prior_value, prior_se = ratio_with_error(prior, tokens)
+    uniform_value, uniform_se = ratio_with_error(uniform, tokens)
+    return {
+        "label_prior": prior_value,
+        "label_prior_se": prior_se,
+        "uniform": uniform_value,
+        "uniform_se": uniform_se,
+        "examples": len(validation),
+        "loss_tokens": sum(tokens),
+    }
+
+
+def ratio_with_error(losses: list[float], tokens: list[int]) -> tuple[float, float]:
+    """``(R, se)``: the token-weighted mean loss ``R = Σ ℓ_i / Σ n_i`` and its delta-method standard error."""
+    m, total = len(losses), sum(tokens)
+    if m < 2 or total == 0:
+        return (sum(losses) / total if total else math.nan), math.nan
+    ratio = sum(losses) / total
+    spread = sum((loss - ratio * n) ** 2 for loss, n in zip(losses, tokens, strict=True)) / (m * (m - 1))
+    return ratio, math.sqrt(spread) / (total / m)
 
 
 def write_label_prior(study: Study) -> dict[str, Any]:
@@ -75,7 +102,7 @@ def write_label_prior(study: Study) -> dict[str, Any]:
     for kind, seed in [*([("sweep", study.sweep_seed)] if swept else []), *(("final", s) for s in study.seeds)]:
         recipe = task_recipe(study, Task(kind, arm, study.arms[arm].learning_rates[0], seed))
         train, validation = load_training_records(recipe)
-        seeds[str(seed)] = label_prior_floor(train, validation, tokenize_records(validation, tokenizer, recipe))
-    record = {"study": study.name, "definition": "see smoa.study.floor", "seeds": seeds}
+        seeds[str(seed)] = reference_losses(train, validation, tokenize_records(validation, tokenizer, recipe))
+    record = {"study": study.name, "definition": "reference losses, see smoa.study.floor", "seeds": seeds}
     write_json_atomic(Path(study.results_dir) / FLOOR_FILE, record)
     return record

@@ -2,7 +2,9 @@
 
 - Sweep: best validation loss per arm and learning rate; the chosen rate (lowest loss, ties to the smaller rate).
 - Finals: accuracy per set and the unweighted average over sets, mean ± sample std over seeds.
-- Paired bootstrap of a difference ``a − b`` of average accuracy (percentage points), two levels, paired on both:
+- Primary statistic of a difference ``a − b`` of average accuracy (points): the paired t-interval of the per-seed
+  differences (:mod:`smoa.study.intervals`), valid for few seeds.
+- Secondary: the paired bootstrap of the difference, two levels, paired on both:
   draw the seeds with replacement, and within every set draw the evaluated examples with replacement; the same
   draws apply to both arms (they share seeds and examples). A replicate is
   ``mean over drawn seeds of mean over sets of (acc_a − acc_b on the drawn examples)``; the 95 % interval is the
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from smoa.study.intervals import paired_t_interval
 from smoa.study.protocol import Study, rate_label
 from smoa.study.runner import load_results, sweep_state
 
@@ -125,9 +128,10 @@ def loss_rise(curve: Sequence[Sequence[float]]) -> float:
     return rise
 
 
-def _label_prior(study: Study) -> dict[int, float]:
-    """seed → the label-prior floor of the validation loss, from ``label_prior.json`` when it was written
-    (:mod:`smoa.study.floor`); empty otherwise."""
+def _label_prior(study: Study) -> dict[int, dict[str, float]]:
+    """seed → the reference losses of the validation split (``label_prior``, ``uniform`` and their ``_se``), from
+    ``label_prior.json`` when it was written (:mod:`smoa.study.floor`); empty otherwise. A file of older code holds
+    only ``floor`` (the label prior, without its noise)."""
     import json
 
     from smoa.study.floor import FLOOR_FILE
@@ -136,7 +140,13 @@ def _label_prior(study: Study) -> dict[int, float]:
     if not path.is_file():
         return {}
     try:
-        return {int(seed): float(entry["floor"]) for seed, entry in json.loads(path.read_text())["seeds"].items()}
+        seeds = json.loads(path.read_text())["seeds"]
+        return {
+            int(seed): {"label_prior": float(entry["floor"])}
+            if "label_prior" not in entry
+            else {k: float(v) for k, v in entry.items() if k.startswith(("label_prior", "uniform"))}
+            for seed, entry in seeds.items()
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a label-prior file ({error}); rewrite it with smoa study --floor") from None
 
@@ -165,7 +175,11 @@ def _paired(study: Study, runs: dict[str, list[dict]], datasets: Sequence[str] |
                 stats = paired_bootstrap(runs[a], runs[b], datasets or _datasets(runs[a]), study.bootstrap)
             except ValueError:
                 continue
-            out.append({"a": a, "b": b, **stats})
+            sets = datasets or _datasets(runs[a])
+            by_seed = {side: {r["seed"]: statistics.fmean(_accuracy(r, d) for d in sets) for r in runs[side]}
+                       for side in (a, b)}  # fmt: skip
+            per_seed = [by_seed[a][s] - by_seed[b][s] for s in sorted(by_seed[a]) if s in by_seed[b]]
+            out.append({"a": a, "b": b, **stats, "per_seed": per_seed, "t_interval": paired_t_interval(per_seed)})
     return out
 
 
@@ -226,8 +240,10 @@ def summarize(study: Study) -> dict[str, Any]:
             "curves": [r["val_loss_curve"] for r in runs],
             "modal": answer_shares(runs, datasets)["modal"],
             "worst_rise": max(loss_rise(r["val_loss_curve"]) for r in runs),
-            "above_floor": statistics.fmean(r["best_val_loss"] - floors[r["seed"]] for r in runs)
+            "above_floor": statistics.fmean(r["best_val_loss"] - floors[r["seed"]]["label_prior"] for r in runs)
             if all(r["seed"] in floors for r in runs) else None,
+            "above_uniform": statistics.fmean(r["best_val_loss"] - floors[r["seed"]]["uniform"] for r in runs)
+            if all("uniform" in floors.get(r["seed"], {}) for r in runs) else None,
         }  # fmt: skip
     if base:
         table["base"] = {
@@ -267,7 +283,8 @@ def summarize(study: Study) -> dict[str, Any]:
         "comparisons": comparisons,
         "generation": generation,
         "generation_comparisons": generation_comparisons,
-        "label_prior_floor": {str(seed): value for seed, value in floors.items()},
+        "label_prior_floor": {str(seed): value["label_prior"] for seed, value in floors.items()},
+        "references": {str(seed): value for seed, value in floors.items()},
         "results": len(results),
     }
 
@@ -302,8 +319,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"- {arm}: " + ", ".join(cells) + f" → chosen {chosen}")
         floors = summary.get("label_prior_floor", {})
         sweep_floor = floors.get(str(summary.get("sweep_seed")))
-        if sweep_floor is not None:
-            lines.append(f"- label-prior floor of the validation loss at the sweep seed: {sweep_floor:.4f}")
+        reference = summary.get("references", {}).get(str(summary.get("sweep_seed")), {})
+        if "uniform" in reference:
+            lines.append(
+                "- reference losses of the validation split at the sweep seed (± standard error over its examples): "
+                f"uniform guess {reference['uniform']:.4f} ± {reference['uniform_se']:.4f}, label prior "
+                f"{reference['label_prior']:.4f} ± {reference['label_prior_se']:.4f}"
+            )
+        elif sweep_floor is not None:
+            lines.append(f"- label-prior reference loss at the sweep seed: {sweep_floor:.4f} (noise not recorded)")
         lines.append("")
     finals = summary["finals"]
     datasets = summary["datasets"]
@@ -321,7 +345,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "ΔW rank",
             "Worst rise",
             "Modal",
-            *(["Val − floor"] if any(r.get("above_floor") is not None for r in finals.values()) else []),
+            *(["Val − prior"] if any(r.get("above_floor") is not None for r in finals.values()) else []),
+            *(["Val − uniform"] if any(r.get("above_uniform") is not None for r in finals.values()) else []),
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant, row in finals.items():
@@ -339,8 +364,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells += ["—", "0", "—"]
             cells.append("—" if row.get("worst_rise") is None else f"{row['worst_rise']:.3f}")
             cells.append("—" if row.get("modal") is None else f"{row['modal']:.1f} %")
-            if "Val − floor" in header:
+            if "Val − prior" in header:
                 cells.append("—" if row.get("above_floor") is None else f"{row['above_floor']:+.4f}")
+            if "Val − uniform" in header:
+                cells.append("—" if row.get("above_uniform") is None else f"{row['above_uniform']:+.4f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -349,26 +376,39 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "Modal: the share of a set's answers taken by its most frequent label, averaged over sets and seeds "
             "(100 % = always the same answer; the sets have 2–5 labels).",
         ]
-        if "Val − floor" in header:
+        if "Val − prior" in header:
             lines.append(
-                "Val − floor: the best validation loss minus the label-prior floor at the run's seed, averaged over "
-                "seeds: the loss of a model that knows the answer format exactly and only each set's label shares "
-                "in the training slice (`smoa study --floor`, smoa.study.floor). At 0 a run has learned nothing "
-                "measurable beyond format and label frequencies; below 0 it uses the question."
+                "Val − prior / Val − uniform: the best validation loss minus a reference loss at the run's seed, "
+                "averaged over seeds. The references are models that know the answer format exactly and, of the "
+                "label, only each set's label shares in the training slice (prior) or nothing (uniform guess over "
+                "the offered labels; `smoa study --floor`, smoa.study.floor). Neither is a floor: a run can be "
+                "below either without using the question, and their sampling noise over 120 validation examples is "
+                "given with the sweep."
             )
         lines.append("")
     if summary["comparisons"]:
-        lines += ["### Paired differences of average accuracy (points; bootstrap over seeds and examples)", ""]
+        lines += ["### Paired differences of average accuracy (points)", ""]
         lines += [
-            "| a − b | difference | 95% CI | share of replicates ≤ 0 | seeds | examples per seed |",
-            "|---|---|---|---|---|---|",
+            "| a − b | per-seed differences | mean | **95 % paired t-interval** | bootstrap interval (secondary) "
+            "| seeds | examples per seed |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in summary["comparisons"]:
+            t = c.get("t_interval") or {}
+            primary = "—" if t.get("low") is None else f"**[{t['low']:+.2f}, {t['high']:+.2f}]**"
+            per_seed = ", ".join(f"{d:+.2f}" for d in c.get("per_seed", []))
             lines.append(
-                f"| {c['a']} − {c['b']} | {c['difference']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] | "
-                f"{c['p_below_zero']:.3f} | {c['seeds']} | {c['examples']} |"
+                f"| {c['a']} − {c['b']} | {per_seed} | {c['difference']:+.2f} | {primary} | "
+                f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['seeds']} | {c['examples']} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "Primary: the t-interval of the per-seed differences of average accuracy (t with seeds − 1 degrees of "
+            "freedom; smoa.study.intervals), valid for few seeds. Secondary: the paired two-level bootstrap (seeds, "
+            "then examples within each set); with 3 seeds its seed level can only reproduce the smallest and largest "
+            "per-seed difference, so it is narrower than a 95 % interval and is shown for the example-level noise.",
+            "",
+        ]
     if summary["generation"]:
         lines += ["### Generation protocol check (beam search, regex scoring; smaller subsample)", ""]
         gen_sets = sorted(
@@ -436,7 +476,7 @@ def write_figures(summary: dict[str, Any], folder: str | Path) -> list[Path]:
         seeds = {str(seed) for row in finals.values() for seed in row["seeds"]}
         floors = [v for seed, v in summary.get("label_prior_floor", {}).items() if seed in seeds]
         if floors:
-            ax.axhline(statistics.fmean(floors), color="grey", linestyle="--", label="label-prior floor")
+            ax.axhline(statistics.fmean(floors), color="grey", linestyle="--", label="label-prior reference")
         ax.set(xlabel="step", ylabel="validation loss", title="Validation loss at each arm's chosen rate")
         ax.legend()
         written.append(_save(fig, folder / "val_loss.png"))

@@ -46,7 +46,7 @@ def test_sweep_extends_past_an_edge_then_runs_the_seeds(tmp_path):
     assert (key, rate, seed) == ("final-a-seed1", 0.0316, 1)
     runs[key] = _run(0.0)
     runs["final-a-seed2"] = _run(0.0)
-    assert next_run(experiment, runs)[0] == "sweep-f-lr0.001"
+    assert next_run(experiment, runs)[:3] == ("final-f-seed1", experiment.arm("f"), 0.001)  # one rate: fixed
 
 
 @pytest.mark.parametrize(

@@ -53,5 +53,16 @@ def _summarize(experiment) -> int:
     from smoa.evidence.summary import write_summary
 
     summary = write_summary(experiment)
+    for c in summary["comparisons"]:
+        interval = (
+            "no interval (one seed)"
+            if c["low"] is None
+            else f"95 % paired t-interval [{c['low']:+.1f}, {c['high']:+.1f}]"
+        )
+        verdict = "" if c["low"] is None else (" — resolved" if c["low"] > 0 or c["high"] < 0 else " — not resolved")
+        print(
+            f"{c['a']} − {c['b']}: {c['mean']:+.1f} points of character accuracy at step {c['step']} over "
+            f"{len(c['seeds'])} seeds, {interval}{verdict}"
+        )
     print(f"summary: {experiment.out}/summary.md ({summary['runs']} runs)")
     return 0

@@ -4,7 +4,8 @@ Order of the runs (``<out>/runs/<id>.json``, one per finished run; a killed runn
 for each arm in the declared order, its learning-rate sweep at ``sweep_seed`` (with up to ``extensions`` rates
 beyond an edge of the grid, ×/÷ √10, when the best rate is at an edge), then its final runs at the chosen rate with
 every seed of ``seeds``. The rate is chosen on the value-token loss over all training pairs at the final step
-(the training loss; the task *is* the training pairs), ties to the smaller rate, diverged runs last.
+(the training loss; the task *is* the training pairs), ties to the smaller rate, diverged runs last. An arm with a
+single declared rate is not swept (a fixed rate, e.g. one a full experiment chose).
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ def final_loss(run: dict[str, Any]) -> float:
 
 
 def chosen_rate(experiment: Experiment, arm: ArmSpec, runs: dict[str, dict[str, Any]]) -> tuple[str, float | None]:
-    """``("run", rate)`` when a sweep rate is still to train, else ``("chosen", rate)``."""
+    """``("run", rate)`` when a sweep rate is still to train, else ``("chosen", rate)``. An arm declared with one
+    rate is not swept: that rate is fixed."""
+    if len(arm.rates) == 1:
+        return "chosen", arm.rates[0]
     losses: dict[float, float] = {}
     for rate in arm.rates:
         key = run_id("sweep", arm.name, rate)

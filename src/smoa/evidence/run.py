@@ -6,6 +6,7 @@ seed, so arms are compared paired), the adapter's initialisation and the batch o
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import subprocess
@@ -64,8 +65,10 @@ def target_regex(num_layers: int, top_layers: int, targets: tuple[str, ...]) -> 
     return rf"(.*\.)?layers\.({layers})\.(self_attn|mlp)\.({names})"
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the code that runs (with ``+dirty`` when the tracked files differ from it)."""
+    """The commit of the code this process runs: read once, at the first call (a long runner started at one commit
+    keeps running that code when the checkout moves on), with ``+dirty`` when tracked files under ``src`` differed."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
@@ -127,11 +130,15 @@ def shared_lower_states(model: nn.Module, data: MemorizeData, first: int) -> tor
     return _STATES[key]
 
 
-def run_memorize(spec: RunSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one arm and return its result (the JSON a study writes): curve, final metrics, per-pair counts."""
+def run_memorize(
+    spec: RunSpec, log: Callable[[str], None] = print, on_trained: Callable[[nn.Module], None] | None = None
+) -> dict[str, Any]:
+    """Train one arm and return its result (the JSON a study writes): curve, final metrics, per-pair counts.
+    ``on_trained`` receives the trained model (e.g. to read a full fine-tuning update)."""
     from smoa.models import load_model_and_tokenizer
 
     started = time.perf_counter()
+    git_commit()  # the code's commit, before anything can move the checkout
     torch.manual_seed(spec.seed)
     model, tokenizer = load_model_and_tokenizer(spec.model)
     data = encode_pairs(make_pairs(spec.n_pairs, spec.key_length, spec.value_length, spec.seed), tokenizer)
@@ -173,6 +180,8 @@ def run_memorize(spec: RunSpec, log: Callable[[str], None] = print) -> dict[str,
             curve.append(point)
             log(f"  step {step}: loss {point['value_loss']:.4f}, char acc {point['char_accuracy']:.3f}")
     final = curve[-1] if diverged is None else None
+    if on_trained is not None:
+        on_trained(model)
     return {
         "spec": {**asdict(spec), "method_args": dict(spec.method_args), "targets": list(spec.targets)},
         "git_commit": git_commit(),

@@ -98,3 +98,14 @@ def test_summary_pairs_seeds_and_gives_the_t_interval(tmp_path):
     [comparison] = summarize(experiment)["comparisons"]
     assert comparison["differences"] == pytest.approx([30.0, 10.0])
     assert comparison["low"] == pytest.approx(paired_t_interval([30.0, 10.0])["low"])
+
+
+def test_command_plans_and_names_a_bad_file_with_exit_2(tmp_path, capsys):
+    from smoa.cli.main import main
+
+    assert main(["evidence", "--recipe", _write(tmp_path), "--plan"]) == 0
+    assert "0 runs done; next: sweep-a-lr0.01" in capsys.readouterr().out
+    assert main(["evidence", "--recipe", _write(tmp_path, seeds=[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoa evidence: experiment file") and "sweep_seed 0" in err and len(err.splitlines()) == 1
+    assert main(["evidence"]) == 2 and "--recipe FILE" in capsys.readouterr().err

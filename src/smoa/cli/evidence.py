@@ -3,6 +3,8 @@
 smoa evidence --recipe recipes/evidence-memorize-cpu.yaml              # run (or continue) it, then summarise
 smoa evidence --recipe recipes/evidence-memorize-cpu.yaml --plan       # the next run
 smoa evidence --recipe recipes/evidence-memorize-cpu.yaml --summarize  # recompute tables and figures from the JSONs
+smoa evidence --expressivity                                           # the expressivity fits (docs/evidence.md §2)
+smoa evidence --expressivity --summarize
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--recipe", required=True, help="experiment YAML file (see recipes/evidence-*.yaml)")
+    parser.add_argument("--recipe", help="experiment YAML file (see recipes/evidence-*.yaml)")
+    parser.add_argument(
+        "--expressivity",
+        metavar="DIR",
+        nargs="?",
+        const="docs/evidence/expressivity",
+        help="fit each method's ΔW family to real and synthetic targets (one JSON per matrix and target in DIR, "
+        "default docs/evidence/expressivity), then summarise",
+    )
     parser.add_argument("--plan", action="store_true", help="show the next run and how many are done")
     parser.add_argument("--summarize", action="store_true", help="only rewrite the summary from the run JSONs")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
@@ -37,6 +47,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from smoa.evidence.protocol import load_experiment, load_runs, pending, run_experiment
+
+    if args.expressivity is not None:
+        from smoa.evidence.expressivity import run_expressivity
+        from smoa.evidence.summary import write_expressivity
+
+        if not args.summarize:
+            run_expressivity(args.expressivity)
+        summary = write_expressivity(args.expressivity)
+        print(f"summary: {args.expressivity}/summary.md ({summary['fits']} fits)")
+        return 0
+    if args.recipe is None:
+        raise ValueError("give --recipe FILE (the memorisation experiment) or --expressivity")
 
     experiment = load_experiment(args.recipe)
     if args.max_runs is not None and args.max_runs < 1:

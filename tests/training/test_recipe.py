@@ -17,6 +17,12 @@ def test_shipped_recipes_load(path):
         study = load_study(str(path))
         assert set(study.primary) <= set(study.arms) and study.recipe.task == "commonsense"
         return
+    if path.name.startswith("evidence-"):  # a memorisation experiment
+        from smoa.evidence.protocol import load_experiment
+
+        experiment = load_experiment(str(path))
+        assert set(experiment.primary["difference"]) <= {arm.name for arm in experiment.arms}
+        return
     recipe = load_recipe(str(path))
     assert recipe.name and recipe.task in ("commonsense", "math", "dialogue", "custom")
     if recipe.task == "custom":  # a shipped example points at a shipped file, which must read without error
@@ -146,3 +152,19 @@ def test_evaluation_defaults_to_the_training_task():
     assert load_recipe(None, task="dialogue").eval_tasks == ["convai2"]
     assert load_recipe(None).eval_tasks == ["commonsense"]
     assert load_recipe(None, task="math", eval_tasks=[]).eval_tasks == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("name: x\nmethod: smoa\nmethod: lora\n", "lines 2 and 3"),
+        ("name: x\nmethod_args:\n  r: 8\n  r: 16\n", "lines 3 and 4"),
+    ],
+)
+def test_a_key_given_twice_is_refused_at_every_depth(tmp_path, text, line):
+    from smoa.training.recipe import read_yaml_mapping
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=f"given twice \\({line}\\); keep one"):
+        read_yaml_mapping(str(path), "recipe file")

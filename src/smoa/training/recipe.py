@@ -427,14 +427,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file holds one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _DuplicateKeyError(
+                f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); keep one"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml_mapping(path: str, what: str, error: type[RecipeError] = RecipeError) -> dict[str, Any]:
-    """The mapping a YAML file holds; ``error`` (naming the file as ``what``) when it is missing, not YAML or not a
-    mapping."""
+    """The mapping a YAML file holds; ``error`` (naming the file as ``what``) when it is missing, not YAML, holds a
+    key twice in one mapping, or is not a mapping."""
     try:
         with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
+            loaded = yaml.load(f, Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError as err:
         raise error(f"{what} {path} does not exist (see recipes/ for the shipped ones)") from err
+    except _DuplicateKeyError as err:
+        raise error(f"{what} {path}: {err}") from None
     except yaml.YAMLError as err:
         raise error(f"{what} {path} is not valid YAML: {err}") from err
     if not isinstance(loaded, dict):

@@ -127,6 +127,16 @@ def fit_method(
         peft_model.unload()
 
 
+def plan_reachable(model: nn.Module, module_name: str, method: str, budget: int) -> None:
+    """Raise :class:`~smoa.methods.planning.BudgetUnreachableError` when ``method`` cannot match ``budget`` on the
+    module (MeLoRA's block structure caps it below LoRA r=32 on a narrow projection, for instance)."""
+    import re
+
+    from smoa.methods import plan_method
+
+    plan_method(method, model, "matched", budget, re.escape(module_name), **FITTED[method][0])
+
+
 def fit_all(
     model: nn.Module,
     module_name: str,
@@ -144,6 +154,13 @@ def fit_all(
         budget = rank * (m + n)
         row: dict[str, Any] = {"lora": {"trainable": budget, **errors(truncated_svd(target, rank), target, inputs)}}
         for method, (_, rates) in FITTED.items():
+            from smoa.methods.planning import BudgetUnreachableError
+
+            try:
+                plan_reachable(model, module_name, method, budget)
+            except BudgetUnreachableError as error:
+                row[method] = {"unreachable": str(error).split(" on ")[0]}
+                continue
             tried = {}
             for rate in rates:
                 delta, trainable, curve = fit_method(model, module_name, method, budget, target, rate, steps)
@@ -158,7 +175,10 @@ def fit_all(
                 "curve": curve,
                 **errors(delta, target, inputs),
             }
-        log(f"  {module_name} r={rank}: " + ", ".join(f"{k} {v['frobenius_error']:.3f}" for k, v in row.items()))
+        log(
+            f"  {module_name} r={rank}: "
+            + ", ".join(f"{k} {v.get('frobenius_error', math.nan):.3f}" for k, v in row.items())
+        )
         out[str(rank)] = row
     return out
 
@@ -224,10 +244,11 @@ def run_expressivity(out: str, steps: int = 100, log: Callable[[str], None] = pr
     from smoa.models import load_model
 
     folder = Path(out)
+    every = [(layer, kind, target) for layer, kind, targets in MATRICES for target in targets]
+    seeds = {item: seed for seed, item in enumerate(every)}  # fixed per (matrix, target), whatever is resumed
     todo = [
         (layer, kind, target)
-        for layer, kind, targets in MATRICES
-        for target in targets
+        for layer, kind, target in every
         if not (folder / f"layer{layer}-{kind.split('.')[-1]}-{target}.json").is_file()
     ]
     if not todo:
@@ -239,11 +260,11 @@ def run_expressivity(out: str, steps: int = 100, log: Callable[[str], None] = pr
     inputs = module_inputs(model, names)
     late = [n for n in names if f".{LATE_LAYER}." in n]
     fine_tuned = real_updates(late, log) if any(t == "real" for *_, t in todo) else {}
-    for index, (layer, kind, target_kind) in enumerate(todo):
+    for layer, kind, target_kind in todo:
         name = f"model.layers.{layer}.{kind}"
         weight = model.get_submodule(name).weight.detach()
         real = fine_tuned[name] - weight if name in fine_tuned else None
-        target = make_target(target_kind, weight, real, seed=index)
+        target = make_target(target_kind, weight, real, seed=seeds[layer, kind, target_kind])
         log(f"expressivity: {name} ← {target_kind}")
         result = {
             "module": name,

@@ -266,3 +266,19 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
     want, got = adapter_tensors(tmp_path / "single"), adapter_tensors(tmp_path / "ddp")
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_memorize_task_trains_on_every_pair_and_evaluates_on_them(tiny_model_dir, train_file, tmp_path):
+    values = tiny_recipe_values(
+        tiny_model_dir, train_file, tmp_path / "run", task="memorize", max_steps=2, eval_tasks=["memorize"],
+        eval_limit=4,
+    ) | {"train_file": None}  # fmt: skip
+    result = run_training(load_recipe(None, **values), log=quiet)
+    assert result.train_examples == 512  # every pair is trained on; validation is a sample of the same pairs
+    summary = result.evaluation["memorize"]["datasets"]["memorize"]
+    assert summary["total"] == 4 and 0 <= summary["char_accuracy"] <= 100
+    from smoa.training.recipe import RecipeError
+    from smoa.training.trainer import load_training_records
+
+    with pytest.raises(RecipeError, match="train_limit does not apply to task=memorize"):
+        load_training_records(load_recipe(None, **{**values, "train_limit": 10}))

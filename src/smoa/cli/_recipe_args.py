@@ -9,7 +9,7 @@ from smoa.training.recipe import recipe_help
 SHORTCUTS = {
     "model": "base model: 'default' (SmolLM2-135M-Instruct), a local folder or a hub id",
     "method": "method name (see `smoa methods`)",
-    "task": "training family: commonsense, math or dialogue",
+    "task": "training family: commonsense, math, dialogue or memorize",
     "output_dir": "run folder (default runs/<name>)",
     "train_limit": "train on a seeded slice of N examples",
     "max_steps": "stop after N optimizer steps",

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("-n", type=int, default=3, help="how many records (default 3)")
     show.add_argument("--split", choices=("eval", "train"), default="eval", help="evaluation or training split")
     show.add_argument(
-        "--template", help="prompt template (smoa, dora, metamath, dialogue, alpaca, chat, text); default: the task's"
+        "--template",
+        help="prompt template (smoa, dora, metamath, dialogue, alpaca, memorize, chat, text); default: the task's",
     )
     show.add_argument("--data-dir", help="user data: LLM-Adapters dataset folder, GSM8K JSONL, or ConvAI2 folder")
     show.add_argument("--source", help="training source file (commonsense_170k.json or MetaMathQA) for --split train")
@@ -60,7 +61,7 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from smoa.tasks import commonsense, dialogue
+    from smoa.tasks import commonsense, dialogue, memorize
     from smoa.tasks import math as math_task
 
     console = Console()
@@ -105,6 +106,8 @@ def run_list(args: argparse.Namespace) -> int:
                 size = "missing"
             expected = "131,438" if split == "train" else "7,801"
             table.add_row("convai2", "dialogue", split, size, expected, args.data_dir or "--data-dir")
+        size, _ = _count(memorize.load_records)
+        table.add_row("memorize", "memorize", "train = eval", size, f"{memorize.PAIRS:,}", "generated (seeded)")
     console.print(table)
     console.print(
         "Training set for commonsense = the 8 train splits combined (LLM-Adapters' commonsense_170k has 170,420 "
@@ -193,6 +196,8 @@ def run_show(args: argparse.Namespace) -> int:
                 if args.source
                 else math_task.generate_gsm_symbolic(max(args.n, 1))
             )
+        elif spec.family == "memorize":
+            records = load_eval_records(spec.name)  # the task trains and evaluates on the same pairs
         else:
             if not args.data_dir:
                 raise FileNotFoundError(dialogue.GET_CONVAI2)

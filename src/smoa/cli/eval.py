@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--template",
-        choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "chat", "text"),
+        choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "memorize", "chat", "text"),
         help="prompt template (default: the task's; commonsense: smoa; custom: by the records' format)",
     )
     parser.add_argument("--num-beams", type=positive_int, help="beams (default 4)")

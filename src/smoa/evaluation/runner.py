@@ -26,7 +26,7 @@ from typing import Any, Literal
 from smoa._progress import progress_enabled
 from smoa.evaluation.generation import generate_batched
 from smoa.evaluation.likelihood import predict_by_likelihood
-from smoa.tasks import TaskSpec, decoding_for, dialogue, load_eval_records, resolve_tasks
+from smoa.tasks import TaskSpec, decoding_for, dialogue, load_eval_records, memorize, resolve_tasks
 from smoa.tasks import math as math_task
 from smoa.tasks.prompts import get_template, prompt_token_ids
 from smoa.tasks.records import Record
@@ -65,6 +65,8 @@ def evaluation_line(summary: dict[str, Any]) -> str:
     name = summary.get("display", "?")
     if summary.get("accuracy") is not None:
         score = f"accuracy {summary['accuracy']:.2f}% ({summary.get('correct', '?')}/{summary.get('total', '?')})"
+        if summary.get("char_accuracy") is not None:  # memorisation: exact match, then per character
+            score += f", character accuracy {summary['char_accuracy']:.2f}%"
     elif summary.get("avg") is not None:
         score = f"avg {summary['avg']:.2f} over {summary.get('total', '?')} examples"
     elif summary.get("perplexity") is not None:
@@ -139,6 +141,8 @@ def evaluate_records(
     seconds = time.perf_counter() - started
     if spec.family == "dialogue":
         return _score_dialogue(spec, records, texts, seconds, bertscore_model)
+    if spec.family == "memorize":
+        return _score_memorize(spec, records, texts, seconds)
     predictions = []
     correct = no_answer = 0
     for record, text in zip(records, texts, strict=True):
@@ -161,6 +165,30 @@ def evaluate_records(
         "correct": correct,
         "total": total,
         "no_answer": no_answer,
+        "seconds": round(seconds, 2),
+    }
+    return summary, predictions
+
+
+def _score_memorize(spec, records, texts, seconds):
+    """Exact match of the greedy value (``accuracy``) and mean character accuracy over the pairs."""
+    predictions = []
+    for record, text in zip(records, texts, strict=True):
+        extracted = memorize.extract_value(text, len(record.answer))
+        predictions.append({
+            "uid": record.uid, "prediction": text, "extracted": extracted, "answer": record.answer,
+            "correct": extracted == record.answer, "char_accuracy": memorize.char_accuracy(extracted, record.answer),
+        })  # fmt: skip
+    total = len(records)
+    correct = sum(p["correct"] for p in predictions)
+    summary = {
+        "display": spec.display,
+        "metric": "accuracy",
+        "accuracy": 100.0 * correct / total if total else None,
+        "char_accuracy": 100.0 * sum(p["char_accuracy"] for p in predictions) / total if total else None,
+        "correct": correct,
+        "total": total,
+        "no_answer": sum(not p["extracted"] for p in predictions),
         "seconds": round(seconds, 2),
     }
     return summary, predictions

@@ -18,14 +18,14 @@ the full forward.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-HEX_DIGITS = "0123456789abcdef"
+from smoa.tasks.memorize import HEX_DIGITS, make_pairs  # noqa: F401  (one generator for the task and the experiment)
+
 SEPARATOR = "="
 
 
@@ -50,17 +50,6 @@ class MemorizeData:
     def digest(self) -> str:
         """SHA-256 of the token ids: the data hash a result records."""
         return hashlib.sha256(self.input_ids.numpy().tobytes()).hexdigest()
-
-
-def make_pairs(n_pairs: int, key_length: int, value_length: int, seed: int) -> list[tuple[str, str]]:
-    """``n_pairs`` (key, value) hex strings from ``random.Random(seed)``; keys are distinct."""
-    if 16**key_length < 2 * n_pairs:
-        raise ValueError(f"key_length={key_length} is too short for {n_pairs} distinct keys; make it longer")
-    rng = random.Random(seed)
-    keys: dict[str, None] = {}
-    while len(keys) < n_pairs:
-        keys["".join(rng.choice(HEX_DIGITS) for _ in range(key_length))] = None
-    return [(key, "".join(rng.choice(HEX_DIGITS) for _ in range(value_length))) for key in keys]
 
 
 def character_token_ids(tokenizer) -> dict[str, int]:

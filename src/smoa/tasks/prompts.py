@@ -141,14 +141,17 @@ ALPACA = PromptTemplate(
     loss_on="response",
     max_length=1024,
 )
+MEMORIZE = PromptTemplate(name="memorize", prompt_format="{instruction}=", loss_on="response", max_length=64)
 CHAT = PromptTemplate(name="chat", prompt_format="", loss_on="response", max_length=1024, chat=True)
 TEXT = PromptTemplate(name="text", prompt_format="", loss_on="all", max_length=1024)
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (SMOA, DORA, METAMATH, DIALOGUE, ALPACA, CHAT, TEXT)}
+TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t for t in (SMOA, DORA, METAMATH, DIALOGUE, ALPACA, MEMORIZE, CHAT, TEXT)
+}
 FORMAT_TEMPLATES = {"instruction": "alpaca", "chat": "chat", "text": "text"}  # own data: format → template
 
 
 def get_template(name: str) -> PromptTemplate:
-    """A template by name (``smoa``, ``dora``, ``metamath``, ``dialogue``, ``alpaca``, ``chat``, ``text``)."""
+    """A template by name: one of :data:`TEMPLATES` (``smoa``, ``dora``, ``metamath``, ``dialogue`` ...)."""
     if name not in TEMPLATES:
         raise KeyError(f"unknown prompt template {name!r}; choose one of {', '.join(TEMPLATES)}")
     return TEMPLATES[name]

@@ -44,7 +44,7 @@ class Recipe:
     # data
     task: str = field(
         default="commonsense",
-        metadata={"help": "Training family: commonsense, math, dialogue, or custom (your own train_file)."},
+        metadata={"help": "Training family: commonsense, math, dialogue, memorize, or custom (your own train_file)."},
     )
     train_file: str | None = field(
         default=None,
@@ -70,7 +70,9 @@ class Recipe:
     val_size: int = field(default=120, metadata={"help": "Held-out validation examples (best checkpoint by loss)."})
     template: str | None = field(
         default=None,
-        metadata={"help": "Prompt template (smoa, dora, metamath, dialogue, alpaca, chat, text); default: the task's."},
+        metadata={
+            "help": "Prompt template (smoa, dora, metamath, dialogue, alpaca, memorize, chat, text); default: task's."
+        },
     )
     loss_on: str | None = field(default=None, metadata={"help": "'response' or 'all'; default: the template's."})
     # optimisation
@@ -129,7 +131,7 @@ class Recipe:
         default=None,
         metadata={
             "help": "Tasks evaluated after training (a dataset, commonsense, gsm8k or convai2); [] skips; default: "
-            "the training task's (commonsense → commonsense, math → gsm8k, dialogue → convai2)."
+            "the training task's (commonsense → commonsense, math → gsm8k, dialogue → convai2, memorize → memorize)."
         },
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Seeded subsample of each evaluation set."})
@@ -183,7 +185,13 @@ class Recipe:
             )
         if self.eval_tasks is None:
             self.eval_tasks = [
-                {"commonsense": "commonsense", "math": "gsm8k", "dialogue": "convai2", "custom": "custom"}[self.task]
+                {
+                    "commonsense": "commonsense",
+                    "math": "gsm8k",
+                    "dialogue": "convai2",
+                    "memorize": "memorize",
+                    "custom": "custom",
+                }[self.task]
             ]
         if self.deepspeed is not None and self.fsdp:
             raise RecipeError(
@@ -304,14 +312,14 @@ RULES: dict[str, Rule] = {
     "dtype": Rule(choices=("float32", "bfloat16", "float16")),
     "budget": Rule(choices=("paper", "matched")),
     "target_params": STEPS,
-    "task": Rule(choices=("commonsense", "math", "dialogue", "custom")),
+    "task": Rule(choices=("commonsense", "math", "dialogue", "memorize", "custom")),
     "data_format": Rule(choices=("auto", "instruction", "chat", "text")),
     "max_length": STEPS,
     "eval_metric": Rule(choices=("auto", "exact_match", "contains", "regex", "choice", "none")),
     "max_new_tokens": STEPS,
     "train_limit": STEPS,
     "val_size": STEPS,
-    "template": Rule(choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "chat", "text")),
+    "template": Rule(choices=("smoa", "dora", "metamath", "dialogue", "alpaca", "memorize", "chat", "text")),
     "loss_on": Rule(choices=("response", "all")),
     "epochs": Rule(above=0),
     "max_steps": Rule(min=1, or_value=-1),

@@ -49,7 +49,7 @@ from .model_card import save_adapter
 from .recipe import Recipe, RecipeError
 
 RUN_FILE = "run.json"
-TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialogue"}
+TASK_TEMPLATES = {"commonsense": "smoa", "math": "metamath", "dialogue": "dialogue", "memorize": "memorize"}
 
 
 class RunDirError(RuntimeError):
@@ -146,12 +146,23 @@ class ListDataset(torch.utils.data.Dataset):
 def load_training_records(recipe: Recipe) -> tuple[list, list]:
     """``(train, validation)`` records: the family's training set (or your own ``train_file`` with task=custom),
     optionally a seeded slice, minus ``val_size``. Your own ``eval_file`` is read here too, so that every data
-    error comes before the model loads."""
+    error comes before the model loads. task=memorize trains on every pair and validates on ``val_size`` of those
+    same pairs: memorising them is the task."""
     import random
 
     from smoa.tasks import load_train_records
     from smoa.tasks.records import split_validation
 
+    if recipe.task == "memorize":
+        if recipe.train_file or recipe.train_limit is not None:
+            key = "train_file" if recipe.train_file else "train_limit"
+            raise RecipeError(f"recipe key {key} does not apply to task=memorize (its pairs are fixed); remove it")
+        records = load_train_records("memorize")
+        if not 0 < recipe.val_size <= len(records):
+            raise RecipeError(f"recipe key val_size={recipe.val_size} must be 1 … {len(records)} for task=memorize")
+        return records, [
+            records[i] for i in sorted(random.Random(recipe.seed).sample(range(len(records)), recipe.val_size))
+        ]
     if recipe.task == "custom":
         records = load_custom_records(recipe, recipe.train_file)
         if recipe.eval_file:

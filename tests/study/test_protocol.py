@@ -264,6 +264,19 @@ def test_reference_losses_are_the_label_prior_and_uniform_guess_per_loss_token()
     se = math.sqrt(sum((loss - ratio * n) ** 2 for loss, n in zip(losses, tokens, strict=True)) / 2) / 3.5
     assert references["label_prior_se"] == pytest.approx(se)
     assert ratio_with_error([1.0, 1.0], [2, 2]) == (0.5, 0.0)
+    assert references["per_example"] == {"uids": ["", ""], "label_prior": losses, "uniform": [math.log(2)] * 2,
+                                         "tokens": tokens}  # fmt: skip
+
+
+def test_a_runs_paired_distance_to_a_reference_is_over_the_same_examples():
+    from smoa.study.floor import paired_difference, ratio_with_error
+
+    reference = {"uids": ["a", "b", "c"], "label_prior": [1.0, 2.0, 0.5], "uniform": [0.7] * 3, "tokens": [2, 3, 1]}
+    run = {"uids": ["a", "b", "c"], "loss": [1.5, 1.0, 0.5], "tokens": [2, 3, 1]}
+    assert paired_difference(run, reference, "label_prior") == ratio_with_error([0.5, -1.0, 0.0], [2, 3, 1])
+    assert paired_difference(run, reference, "label_prior")[0] == pytest.approx(-0.5 / 6)
+    with pytest.raises(ValueError, match="not those of the reference"):
+        paired_difference({**run, "uids": ["a", "c", "b"]}, reference, "uniform")
 
 
 def test_summary_shows_the_distance_to_the_label_prior_floor(tmp_path):

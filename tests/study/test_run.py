@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from smoa.study import parse_study, run_study, write_summary
 from smoa.study.runner import load_results
 from tests.training.conftest import tiny_recipe_values
@@ -72,6 +74,37 @@ def test_tiny_study_runs_resumes_and_summarises(tiny_model_dir, train_file, tmp_
     assert all(0 < f["uniform"] < 2 and 0 < f["label_prior"] < 2 and f["examples"] == 8 for f in floors.values())
     summary = write_summary(study, doc)
     assert summary["finals"]["smoa"]["above_floor"] is not None and "Val − uniform" in doc.read_text()
+    # every final run stored its per-example validation losses, paired with the references on the same examples
+    examples = final["validation_examples"]
+    assert examples["uids"] == floors["1"]["per_example"]["uids"] and len(examples["loss"]) == 8
+    paired, se = summary["finals"]["smoa"]["above_floor_paired"]
+    assert se > 0 and "(paired " in doc.read_text()
+    assert abs(paired - summary["finals"]["smoa"]["above_floor"]) < 0.05  # token-weighted vs the trainer's loss
+
+
+def test_stored_validation_losses_are_each_examples_summed_token_loss(tiny_model_dir, train_file, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from smoa.methods import load_adapter
+    from smoa.models import load_model_and_tokenizer
+    from smoa.study.runner import validation_examples
+    from smoa.training import load_recipe, run_training
+    from smoa.training.trainer import load_training_records, tokenize_records
+
+    recipe = load_recipe(None, **tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=1))
+    adapter = run_training(recipe, log=lambda *a, **k: None).adapter_dir
+    stored = validation_examples(recipe, adapter)
+    model, tokenizer = load_model_and_tokenizer(recipe.model)
+    model = load_adapter(model, adapter).eval()
+    _, validation = load_training_records(dataclasses.replace(recipe))
+    for item, loss, tokens in zip(tokenize_records(validation, tokenizer, recipe), stored["loss"], stored["tokens"],
+                                  strict=True):  # fmt: skip
+        with torch.no_grad():  # the model's own mean loss over the example's label tokens
+            mean = model(input_ids=torch.tensor([item["input_ids"]]), labels=torch.tensor([item["labels"]])).loss
+        assert tokens == sum(1 for label in item["labels"][1:] if label != -100)
+        assert loss / tokens == pytest.approx(float(mean), rel=1e-5)
 
 
 def test_the_gpu_study_file_runs_its_first_tasks_on_a_tiny_model(tiny_model_dir, train_file, tmp_path):

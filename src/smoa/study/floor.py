@@ -46,7 +46,9 @@ def reference_losses(train: list, validation: list, items: list[dict[str, list[i
         items: the validation records tokenised for training (``labels`` of −100 outside the loss).
 
     Returns:
-        ``{"label_prior", "label_prior_se", "uniform", "uniform_se", "examples", "loss_tokens"}``.
+        ``{"label_prior", "label_prior_se", "uniform", "uniform_se", "examples", "loss_tokens", "per_example"}``;
+        ``per_example`` holds each validation example's ``uids``, ``label_prior`` and ``uniform`` losses and
+        ``tokens``, for a paired comparison with a run's own per-example losses (:func:`paired_difference`).
     """
     from smoa.tasks.commonsense import answer_labels
 
@@ -60,6 +62,7 @@ def reference_losses(train: list, validation: list, items: list[dict[str, list[i
         prior.append(-math.log((counts[record.answer] + 1) / sum(counts[label] + 1 for label in offered)))
         uniform.append(math.log(len(offered)))
         tokens.append(sum(1 for label in item["labels"] if label != -100))
+    per_example = {"uids": [r.uid for r in validation], "label_prior": prior, "uniform": uniform, "tokens": tokens}
     prior_value, prior_se = ratio_with_error(prior, tokens)
     uniform_value, uniform_se = ratio_with_error(uniform, tokens)
     return {
@@ -69,7 +72,24 @@ def reference_losses(train: list, validation: list, items: list[dict[str, list[i
         "uniform_se": uniform_se,
         "examples": len(validation),
         "loss_tokens": sum(tokens),
+        "per_example": per_example,
     }
+
+
+def paired_difference(run: dict[str, list], reference: dict[str, list], key: str) -> tuple[float, float]:
+    """``(D, se)``: a run's token-weighted validation loss minus a reference's on the same examples,
+    ``D = Σ (ℓ_i − r_i) / Σ n_i``, with the delta-method standard error of that ratio over the paired examples.
+
+    ``run``: :func:`smoa.study.runner.validation_examples`; ``reference``: the ``per_example`` entry of
+    :func:`reference_losses` (``key`` ``label_prior`` or ``uniform``). The examples must be the same, in the same
+    order: a mismatch raises :class:`ValueError` naming it (a run and a reference from different splits).
+    """
+    if run["uids"] != reference["uids"] or run["tokens"] != reference["tokens"]:
+        raise ValueError(
+            "the run's validation examples are not those of the reference (uids or loss tokens differ); "
+            "recompute the reference with smoa study --floor"
+        )
+    return ratio_with_error([a - b for a, b in zip(run["loss"], reference[key], strict=True)], run["tokens"])
 
 
 def ratio_with_error(losses: list[float], tokens: list[int]) -> tuple[float, float]:

@@ -214,6 +214,39 @@ def evaluate_adapter(study: Study, adapter_dir: str | None, generate: bool = Fal
     return out
 
 
+def validation_examples(recipe, adapter_dir: str) -> dict[str, list]:
+    """Per-example validation losses of a trained adapter: for each validation example ``i`` (in split order), its
+    uid, dataset, summed next-token loss over its loss tokens ``ℓ_i = Σ_t −ln p(y_t | y_<t)`` and its count of loss
+    tokens ``n_i``. The token-weighted loss is ``Σ ℓ_i / Σ n_i``; stored per example, a run's distance to a reference
+    loss on the same examples gets a paired standard error (:func:`smoa.study.floor.paired_difference`)."""
+    import torch
+
+    from smoa.methods import load_adapter
+    from smoa.models import load_model_and_tokenizer
+    from smoa.training.trainer import load_training_records, tokenize_records
+
+    _, validation = load_training_records(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe.model, dtype=recipe.dtype)
+    model = load_adapter(model, adapter_dir)
+    model.eval()
+    items = tokenize_records(validation, tokenizer, recipe)
+    losses, tokens = [], []
+    with torch.no_grad():
+        for item in items:
+            ids = torch.tensor([item["input_ids"]])
+            labels = torch.tensor(item["labels"][1:])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            kept = labels != -100
+            losses.append(float(torch.nn.functional.cross_entropy(logits[kept], labels[kept], reduction="sum")))
+            tokens.append(int(kept.sum()))
+    return {
+        "uids": [r.uid for r in validation],
+        "datasets": [r.dataset for r in validation],
+        "loss": losses,
+        "tokens": tokens,
+    }
+
+
 def diverged_result(run_dir: Path, error: Exception) -> dict[str, Any]:
     """What a sweep records of a diverged run: its validation losses before divergence, and no best loss (so the
     rate ranks last)."""
@@ -284,6 +317,7 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
         )  # fmt: skip
         if task.kind == "final":
             record.update(evaluate_adapter(study, trained["adapter_dir"]))
+            record["validation_examples"] = validation_examples(recipe, trained["adapter_dir"])
     record["task_seconds"] = round(time.time() - started, 1)
     write_json_atomic(Path(study.runs_dir) / f"{task.id}.json", record)
     return record

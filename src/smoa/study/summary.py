@@ -145,6 +145,7 @@ def _label_prior(study: Study) -> dict[int, dict[str, float]]:
             int(seed): {"label_prior": float(entry["floor"])}
             if "label_prior" not in entry
             else {k: float(v) for k, v in entry.items() if k.startswith(("label_prior", "uniform"))}
+            | ({"per_example": entry["per_example"]} if "per_example" in entry else {})
             for seed, entry in seeds.items()
         }
     except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -181,6 +182,18 @@ def _paired(study: Study, runs: dict[str, list[dict]], datasets: Sequence[str] |
             per_seed = [by_seed[a][s] - by_seed[b][s] for s in sorted(by_seed[a]) if s in by_seed[b]]
             out.append({"a": a, "b": b, **stats, "per_seed": per_seed, "t_interval": paired_t_interval(per_seed)})
     return out
+
+
+def _paired_to_reference(runs: list[dict[str, Any]], floors: dict[int, dict], key: str) -> list[float] | None:
+    """``[D, se]``: the mean over seeds of each run's paired per-example distance to the reference ``key`` at its
+    seed (:func:`smoa.study.floor.paired_difference`), ``se = sqrt(Σ se_s²) / S``; None unless every run and every
+    seed's reference stored per-example losses (runs of older code did not)."""
+    from smoa.study.floor import paired_difference
+
+    if not all("validation_examples" in r and "per_example" in floors.get(r["seed"], {}) for r in runs):
+        return None
+    pairs = [paired_difference(r["validation_examples"], floors[r["seed"]]["per_example"], key) for r in runs]
+    return [statistics.fmean(d for d, _ in pairs), math.sqrt(sum(se**2 for _, se in pairs)) / len(pairs)]
 
 
 def summarize(study: Study) -> dict[str, Any]:
@@ -244,6 +257,7 @@ def summarize(study: Study) -> dict[str, Any]:
             if all(r["seed"] in floors for r in runs) else None,
             "above_uniform": statistics.fmean(r["best_val_loss"] - floors[r["seed"]]["uniform"] for r in runs)
             if all("uniform" in floors.get(r["seed"], {}) for r in runs) else None,
+            "above_floor_paired": _paired_to_reference(runs, floors, "label_prior"),
         }  # fmt: skip
     if base:
         table["base"] = {
@@ -365,7 +379,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append("—" if row.get("worst_rise") is None else f"{row['worst_rise']:.3f}")
             cells.append("—" if row.get("modal") is None else f"{row['modal']:.1f} %")
             if "Val − prior" in header:
-                cells.append("—" if row.get("above_floor") is None else f"{row['above_floor']:+.4f}")
+                paired = row.get("above_floor_paired")
+                text = "—" if row.get("above_floor") is None else f"{row['above_floor']:+.4f}"
+                cells.append(text + (f" (paired {paired[0]:+.4f} ± {paired[1]:.4f})" if paired else ""))
             if "Val − uniform" in header:
                 cells.append("—" if row.get("above_uniform") is None else f"{row['above_uniform']:+.4f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -383,7 +399,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 "label, only each set's label shares in the training slice (prior) or nothing (uniform guess over "
                 "the offered labels; `smoa study --floor`, smoa.study.floor). Neither is a floor: a run can be "
                 "below either without using the question, and their sampling noise over 120 validation examples is "
-                "given with the sweep."
+                'given with the sweep. "paired": where the runs stored per-example validation losses, the '
+                "token-weighted distance to the label prior on the same examples ± its paired standard error."
             )
         lines.append("")
     if summary["comparisons"]:

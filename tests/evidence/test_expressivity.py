@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smoa.evidence.expressivity import effective_rank, errors, fit_method, make_target, truncated_svd
+from smoa.evidence.expressivity import (
+    effective_delta,
+    effective_rank,
+    errors,
+    fit_method,
+    make_target,
+    truncated_svd,
+)
 from tests.tiny import tiny_llama
 
 
@@ -51,3 +58,32 @@ def test_adam_fit_lowers_the_error_and_leaves_the_model_as_it_was(method):
     assert curve[-1] < curve[0]
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("method", ["smoa", "hira", "mora", "melora"])
+def test_the_fitted_update_is_what_the_merged_layer_adds(method):
+    """Against the obvious reference: merge the adapter and subtract the base weight."""
+    import re
+
+    from peft import get_peft_model
+
+    import smoa  # noqa: F401
+    from smoa.evidence.expressivity import FITTED
+    from smoa.methods import plan_method
+
+    model = tiny_llama(seed=0, hidden_size=32, intermediate_size=64)
+    name = "model.layers.1.mlp.up_proj"
+    w0 = model.get_submodule(name).weight.detach().clone()
+    plan = plan_method(method, model, "matched", 2 * sum(w0.shape), re.escape(name), **FITTED[method][0])
+    peft_model = get_peft_model(model, plan.peft_config())
+    layer = peft_model.get_submodule("base_model.model." + name)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.3)  # away from the zero initialisation
+    delta = effective_delta(layer).detach()
+    layer.merge()
+    torch.testing.assert_close(delta, layer.get_base_layer().weight.detach() - w0, rtol=1e-4, atol=1e-5)
+    if method == "hira":  # W0 ⊙ BA: far above the branch rank, not the BA that get_delta_weight returns
+        assert torch.linalg.matrix_rank(delta) > plan.peft_config().r

@@ -81,6 +81,14 @@ def make_target(kind: str, weight: torch.Tensor, real: torch.Tensor | None, seed
     return target * (0.1 * weight.norm() / target.norm())
 
 
+def effective_delta(layer: nn.Module) -> torch.Tensor:
+    """``(m, n)`` additive update of an adapted linear layer as its forward applies it:
+    ``ΔW = (layer(I_n) − base(I_n))ᵀ`` (dropout must be 0 and the layer in the mode it is fitted in)."""
+    base = layer.get_base_layer()
+    eye = torch.eye(base.in_features, dtype=base.weight.dtype, device=base.weight.device)
+    return (layer(eye) - base(eye)).T
+
+
 def fit_method(
     model: nn.Module,
     module_name: str,
@@ -92,6 +100,9 @@ def fit_method(
 ) -> tuple[torch.Tensor, int, list[float]]:
     """Fit ``method``'s ``ΔW`` on module ``module_name`` of ``model`` to ``target`` by Adam.
 
+    ``ΔW`` is what the adapted layer computes, read from its forward: ``ΔWᵀ = layer(I) − base(I)`` on the identity
+    ``I`` of the input dimension (:func:`effective_delta`), so a method whose ``get_delta_weight`` is not the
+    additive update (PEFT's HiRA returns ``BA``; its layer adds ``(W0 ⊙ BA) x``) is fitted as it behaves.
     Returns ``(ΔW, trainable, loss curve every 50 steps)``; ``model`` is restored (the adapter unloaded) after.
     """
     import re
@@ -113,7 +124,7 @@ def fit_method(
         scale = target.pow(2).sum()
         curve = []
         for step in range(steps + 1):
-            delta = layer.get_delta_weight("default")
+            delta = effective_delta(layer)
             loss = (delta - target).pow(2).sum() / scale
             if step % 50 == 0:
                 curve.append(float(loss.detach()))

@@ -5,7 +5,7 @@ LoRA of rank ``r`` (``r (m + n)``) is fitted to the target:
 
 - LoRA: the truncated SVD of ``ΔW*`` at rank ``r`` — its exact Frobenius optimum (Eckart–Young);
 - SMoA, HiRA, MoRA, MeLoRA: their own PEFT layers on that one module, planned to the same count, with the factors
-  fitted by Adam on ``‖ΔW − ΔW*‖²_F / ‖ΔW*‖²_F`` (``ΔW`` from the layer's ``get_delta_weight``), at the best of a
+  fitted by Adam on ``‖ΔW − ΔW*‖²_F / ‖ΔW*‖²_F`` (``ΔW`` read from the layer's forward), at the best of a
   small learning-rate grid.
 
 Reported per fit: the relative Frobenius error ``‖ΔW − ΔW*‖_F / ‖ΔW*‖_F``, the error on real activations
@@ -254,6 +254,7 @@ def run_expressivity(out: str, steps: int = 100, log: Callable[[str], None] = pr
     from smoa.evidence.run import git_commit
     from smoa.models import load_model
 
+    git_commit()  # the code this process runs, read before anything can move the checkout
     folder = Path(out)
     every = [(layer, kind, target) for layer, kind, targets in MATRICES for target in targets]
     seeds = {item: seed for seed, item in enumerate(every)}  # fixed per (matrix, target), whatever is resumed

@@ -185,7 +185,11 @@ def next_run(experiment: Experiment, runs: dict[str, dict[str, Any]]) -> tuple[s
 
 
 def run_experiment(experiment: Experiment, log: Callable[[str], None] = print, max_runs: int | None = None) -> int:
-    """Run (or continue) the experiment; returns how many runs were done now."""
+    """Run (or continue) the experiment; returns how many runs were done now. Every run of this process records the
+    commit read here, at its start (the code it runs), whatever the checkout does meanwhile."""
+    from smoa.evidence.run import git_commit
+
+    git_commit()
     runs = load_runs(experiment)
     done = 0
     while max_runs is None or done < max_runs:

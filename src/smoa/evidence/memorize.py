@@ -49,7 +49,19 @@ class MemorizeData:
     @property
     def digest(self) -> str:
         """SHA-256 of the token ids: the data hash a result records."""
-        return hashlib.sha256(self.input_ids.numpy().tobytes()).hexdigest()
+        return hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest()
+
+    def to(self, device: torch.device | str) -> MemorizeData:
+        """The same data with its tensors on ``device``."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            value_positions=self.value_positions.to(device),
+            targets=self.targets.to(device),
+            hex_token_ids=self.hex_token_ids.to(device),
+        )
 
 
 def character_token_ids(tokenizer) -> dict[str, int]:
@@ -125,8 +137,8 @@ def value_targets(data: MemorizeData, rows: torch.Tensor, vocab: torch.Tensor | 
     targets = data.targets[rows]
     if vocab is None:
         return targets
-    index = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long)
-    index[vocab] = torch.arange(len(vocab))
+    index = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long, device=vocab.device)
+    index[vocab] = torch.arange(len(vocab), device=vocab.device)
     return index[targets]
 
 

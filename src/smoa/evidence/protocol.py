@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,7 @@ def run_id(kind: str, arm: str, rate: float | None = None, seed: int | None = No
 
 
 def load_runs(experiment: Experiment) -> dict[str, dict[str, Any]]:
-    """Every finished run's JSON, by id."""
+    """Every finished run's JSON, by id, each checked against the experiment (:func:`check_run`)."""
     folder = experiment.runs_dir
     runs = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -139,7 +139,46 @@ def load_runs(experiment: Experiment) -> dict[str, dict[str, Any]]:
             raise EvidenceError(
                 f"{path}: not valid JSON ({error.msg}, line {error.lineno}); delete it to rerun"
             ) from None
+        check_run(experiment, path, runs[path.stem])
+    for key, run in runs.items():  # a final run is at its arm's chosen rate (the sweeps' choice, or the fixed rate)
+        if key.startswith("final-"):
+            state, rate = chosen_rate(experiment, experiment.arm(run["arm"]), runs)
+            if state != "chosen" or rate_label(rate) != rate_label(run["spec"]["learning_rate"]):
+                raise EvidenceError(
+                    f"{folder / key}.json: a final run at lr {run['spec']['learning_rate']:g}, but the arm's sweep "
+                    + (f"chose {rate:g}" if state == "chosen" else "is not finished")
+                    + "; move it out of the runs folder"
+                )
     return runs
+
+
+def check_run(experiment: Experiment, path: Path, run: dict[str, Any]) -> None:
+    """A run file must be one the experiment declares, trained with the settings it declares now: its id is its
+    file name, its arm is declared, and its recorded settings equal the experiment's for that arm, rate and seed.
+    Otherwise the experiment file changed under finished runs (or the file is foreign), and mixing them would be
+    silently wrong: :class:`EvidenceError` names the file and the first differing setting."""
+    spec = run.get("spec")
+    if (
+        run.get("id") != path.stem
+        or not isinstance(spec, dict)
+        or run.get("arm") not in {a.name for a in experiment.arms}
+    ):
+        raise EvidenceError(
+            f"{path}: not a run of experiment {experiment.name!r} (its id, arm or settings are missing or foreign); "
+            "move it out of the runs folder"
+        )
+    arm = experiment.arm(run["arm"])
+    expected = experiment.spec(arm, spec.get("learning_rate"), spec.get("seed"))
+    wanted = json.loads(json.dumps({**asdict(expected), "method_args": dict(expected.method_args)}))
+    kind = "sweep" if path.stem.startswith("sweep-") else "final"
+    if path.stem != run_id(kind, arm.name, wanted["learning_rate"], wanted["seed"]):
+        raise EvidenceError(f"{path}: its file name does not match its recorded rate and seed; move it out")
+    for key in sorted(set(wanted) | set(spec)):
+        if wanted.get(key) != spec.get(key):
+            raise EvidenceError(
+                f"{path}: trained with {key}={spec.get(key)!r}, but the experiment now declares {wanted.get(key)!r}; "
+                "restore the experiment file, or give it a new out folder"
+            )
 
 
 def final_loss(run: dict[str, Any]) -> float:

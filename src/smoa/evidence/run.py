@@ -104,7 +104,7 @@ def evaluate(model: nn.Module, data: MemorizeData, hidden: torch.Tensor, first: 
     losses, correct = [], []
     with torch.no_grad():
         for start in range(0, len(hidden), chunk):
-            rows = torch.arange(start, min(start + chunk, len(hidden)))
+            rows = torch.arange(start, min(start + chunk, len(hidden)), device=hidden.device)
             logits = value_logits(model, top_layer_states(model, hidden[rows], first, data.value_positions), vocab)
             target = value_targets(data, rows, vocab)
             losses.append(nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
@@ -141,7 +141,10 @@ def run_memorize(
     git_commit()  # the code's commit, before anything can move the checkout
     torch.manual_seed(spec.seed)
     model, tokenizer = load_model_and_tokenizer(spec.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # an execution detail, recorded
+    model.to(device)
     data = encode_pairs(make_pairs(spec.n_pairs, spec.key_length, spec.value_length, spec.seed), tokenizer)
+    data = data.to(device)
     first = model.config.num_hidden_layers - spec.top_layers
     hidden = shared_lower_states(model, data, first)
     vocab = None if spec.vocab == "full" else data.hex_token_ids
@@ -163,7 +166,7 @@ def run_memorize(
     point, _ = checkpoint(0)
     curve, train_loss, diverged = [point], [], None
     for step in range(1, spec.steps + 1):
-        rows = next(batches)
+        rows = next(batches).to(hidden.device)
         logits = value_logits(model, top_layer_states(model, hidden[rows], first, data.value_positions), vocab)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), value_targets(data, rows, vocab).flatten())
         if not torch.isfinite(loss):
@@ -195,6 +198,7 @@ def run_memorize(
         "final_correct_chars": per_pair if diverged is None else None,
         "seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
     }
 
 

@@ -33,16 +33,15 @@ def summarize(experiment: Experiment) -> dict[str, Any]:
     sweeps, finals = {}, {}
     for arm in experiment.arms:
         rates = sorted(r["spec"]["learning_rate"] for k, r in runs.items() if k.startswith(f"sweep-{arm.name}-lr"))
-        if not rates:
-            continue
-        verdict, rate = chosen_rate(experiment, arm, runs)
-        sweep_runs = [runs[run_id("sweep", arm.name, r)] for r in rates]
-        sweeps[arm.name] = {
-            "rates": rates,
-            "final_loss": [final_loss(r) for r in sweep_runs],
-            "char_accuracy": [_metric_at(r, "char_accuracy", step) for r in sweep_runs],
-            "chosen": rate if verdict == "chosen" else None,
-        }
+        verdict, rate = chosen_rate(experiment, arm, runs)  # an arm declared with one rate has no sweep
+        if rates:
+            sweep_runs = [runs[run_id("sweep", arm.name, r)] for r in rates]
+            sweeps[arm.name] = {
+                "rates": rates,
+                "final_loss": [final_loss(r) for r in sweep_runs],
+                "char_accuracy": [_metric_at(r, "char_accuracy", step) for r in sweep_runs],
+                "chosen": rate if verdict == "chosen" else None,
+            }
         seeds = [s for s in experiment.seeds if run_id("final", arm.name, seed=s) in runs]
         if not seeds or verdict != "chosen":
             continue
@@ -76,6 +75,7 @@ def summarize(experiment: Experiment) -> dict[str, Any]:
         )  # fmt: skip
     return {
         "name": experiment.name,
+        "n_pairs": int(experiment.train.get("n_pairs", 512)),
         "runs": len(runs),
         "metric": metric,
         "step": step,
@@ -122,7 +122,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {label} | {per_seed} | {c['mean']:+.1f} | {interval} | {resolved} |")
     lines += [
         "",
-        f"**Final runs** (step {step}, all 512 training pairs; mean ± sample std over seeds):",
+        f"**Final runs** (step {step}, all {summary.get('n_pairs', 512)} training pairs; "
+        "mean ± sample std over seeds):",
         "",
         "| arm | trainable | lr | char accuracy % | exact match % | value loss | steps to 50 % | s / run |",
         "|---|---|---|---|---|---|---|---|",
@@ -137,6 +138,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"| {_mean_sd(per['char_accuracy'], 100)} | {_mean_sd(per['exact_match'], 100)} | {loss} | {half} "
             f"| {statistics.fmean(row['seconds']):.0f} |"
         )
+    lines += _by_step_table(summary["finals"])
+    if not summary["sweeps"]:
+        return "\n".join(lines)
     lines += [
         "",
         "**Learning-rate sweeps** (seed 0; value-token loss at the final step, character accuracy %; chosen in bold):",
@@ -151,6 +155,31 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             cells.append(f"**{cell}**" if rate == sweep["chosen"] else cell)
         lines.append(f"| {arm} | {'; '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _by_step_table(finals: dict[str, Any], columns: int = 10) -> list[str]:
+    """Mean character accuracy (%) over seeds at up to ``columns`` evaluation steps (evenly spaced, last kept), so a
+    gap at the primary step can be read as speed or as capacity."""
+    if not finals:
+        return []
+    steps = sorted({s for row in finals.values() for curve in row["curves"] for s, _ in curve if s > 0})
+    if len(steps) > columns:
+        stride = -(-len(steps) // columns)
+        steps = steps[::-1][::stride][::-1]
+    lines = [
+        "",
+        "**Character accuracy by step** (%, mean over the final runs' seeds):",
+        "",
+        "| arm | " + " | ".join(str(s) for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for arm, row in finals.items():
+        cells = []
+        for step in steps:
+            values = [v for curve in row["curves"] for s, v in curve if s == step]
+            cells.append("—" if not values else f"{100 * statistics.fmean(values):.1f}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_figures(summary: dict[str, Any], folder: Path) -> list[Path]:
@@ -174,7 +203,11 @@ def write_figures(summary: dict[str, Any], folder: Path) -> list[Path]:
             ax.plot(steps, curves.mean(axis=0), style, marker=".", label=f"{arm} (lr {row['learning_rate']:.3g})")
             ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), alpha=0.15)
         ax.axhline(100 / 16, color="grey", linestyle=":", label="chance (1/16)")
-        ax.set(xlabel="step", ylabel="character accuracy (%)", title="Memorising 512 hex pairs (mean over seeds)")
+        ax.set(
+            xlabel="step",
+            ylabel="character accuracy (%)",
+            title=f"Memorising {summary.get('n_pairs', 512)} hex pairs (mean over seeds)",
+        )
         ax.legend(fontsize=7)
         written.append(_save(fig, folder / "accuracy_curves.png"))
     if summary["sweeps"]:

@@ -46,7 +46,7 @@ def test_one_token_per_character_and_value_layout():
     assert torch.equal(data.hex_token_ids[hex_index], data.targets)
 
 
-@pytest.mark.parametrize("top_layers", [1, 2, 3])
+@pytest.mark.parametrize("top_layers", [1, 2, 3, 4])
 def test_cached_top_layers_give_the_full_forward_loss(top_layers):
     tokenizer = _tokenizer()
     model = tiny_llama(seed=0, vocab_size=len(tokenizer), num_hidden_layers=4)

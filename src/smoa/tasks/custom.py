@@ -9,6 +9,8 @@ Formats (``data_format``; ``auto`` decides per file from the fields of its first
 - ``text``: ``text``; loss on every token.
 
 ``fields`` maps these names to the file's own column names, e.g. ``{instruction: question, output: answer}``.
+A column that is a near-miss of an absent field (``inputs`` for ``input``) is refused rather than dropped; a
+CSV row with more cells than the header, or a field holding NaN, is refused too.
 Every record becomes a :class:`~smoa.tasks.records.Record`: ``instruction``/``input``/``output`` as named; chat
 turns in ``messages``, with ``output`` = the last assistant turn; text in ``output``. ``answer`` is what the answer
 metrics compare with (the gold option for multiple choice, else the output).
@@ -21,12 +23,14 @@ Files are read by suffix: ``.json`` (a list of objects, or JSON lines), ``.jsonl
 from __future__ import annotations
 
 import csv
+import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoa.tasks.records import DataFormatError, Record, read_json_records, text_lines
+from smoa.tasks.records import DataFormatError, Record, read_json_records
 
 FORMATS = ("auto", "instruction", "chat", "text")
 FIELDS = ("instruction", "input", "output", "messages", "text", "options", "answer")
@@ -61,12 +65,7 @@ def read_rows(path: str | os.PathLike[str], split: str | None = None) -> list[tu
     if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
         return read_json_records(path)
     if name.endswith((".csv", ".tsv")):
-        text = "".join(text_lines(path))
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if name.endswith(".tsv") else ",")
-        if not reader.fieldnames:
-            raise DataFormatError(f"{path}: the file has no header row; its first line must name the columns")
-        # line numbers count the header as line 1
-        return [(f"line {number}", dict(row)) for number, row in enumerate(reader, start=2)]
+        return _read_delimited(path, "\t" if name.endswith(".tsv") else ",")
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -78,6 +77,32 @@ def read_rows(path: str | os.PathLike[str], split: str | None = None) -> list[tu
     raise DataFormatError(
         f"{path}: unknown data file type; use .json, .jsonl, .csv, .tsv, .parquet or a datasets save_to_disk folder"
     )
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[tuple[str, dict[str, Any]]]:
+    """CSV/TSV rows read by :mod:`csv` itself (``newline=""``: a quoted cell keeps its newlines, and only ``\\n``,
+    ``\\r\\n`` or ``\\r`` end a row), UTF-8 with or without a byte-order mark. A row's location is the line it starts
+    on, the header being line 1."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
+            if not reader.fieldnames:
+                raise DataFormatError(f"{path}: the file has no header row; its first line must name the columns")
+            start = reader.line_num + 1
+            for row in reader:
+                if None in row:
+                    raise DataFormatError(
+                        f"{path}, line {start}: {len(reader.fieldnames) + len(row[None])} cells but "
+                        f"{len(reader.fieldnames)} columns in the header; quote cells that hold the delimiter"
+                    )
+                rows.append((f"line {start}", dict(row)))
+                start = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path}: not UTF-8 text ({error.reason}); save it as UTF-8") from None
+    except csv.Error as error:
+        raise DataFormatError(f"{path}, line {reader.line_num}: not valid CSV ({error})") from None
+    return rows
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -134,6 +159,8 @@ def _field(row: Mapping[str, Any], name: str, fields: Mapping[str, str], where: 
 
 
 def _text(value: Any, column: str, where: str, allow_empty: bool = False) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataFormatError(f"{where}: field {column!r} is {value} (a missing value, not text); give it text")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -251,10 +278,32 @@ def load_records(
     rows = read_rows(path, split)
     if not rows:
         raise DataFormatError(f"{path}: the file holds no records")
+    _refuse_misspelt_columns(rows, fields, path)
     kind = detect_format(rows[0][1], fields, f"{path}, {rows[0][0]}") if data_format == "auto" else data_format
     label = name or dataset_name(path)
     records = [row_to_record(row, kind, fields, str(path), location, label) for location, row in rows]
     return records, kind
+
+
+def _refuse_misspelt_columns(rows: Sequence[tuple[str, Mapping[str, Any]]], fields: Mapping[str, str], path) -> None:
+    """A column that is not read but is a near-miss of a field that is absent (``inputs`` for ``input``) would be
+    dropped from every record without a word: :class:`DataFormatError` names it and the mapping that reads it.
+    Other extra columns (ids, metadata) are ignored, as in any table."""
+    read = {fields.get(name, name) for name in FIELDS} | {"conversations"}
+    columns: dict[str, str] = {}
+    for location, row in rows:
+        for column in row:
+            columns.setdefault(str(column), location)
+    for column, location in columns.items():
+        if column in read:
+            continue
+        for field in difflib.get_close_matches(column.strip().lower(), FIELDS, n=1, cutoff=0.75):
+            if fields.get(field, field) not in columns:
+                raise DataFormatError(
+                    f"{path}, {location}: column {column!r} is not a field this reader knows, and {field!r} is "
+                    f"missing; rename the column, or map it with the recipe key fields: {{{field}: {column}}} "
+                    f"(smoa eval: --field {field}={column})"
+                )
 
 
 def has_options(records: Sequence[Record]) -> bool:

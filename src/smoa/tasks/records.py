@@ -58,13 +58,13 @@ class Record:
 
 
 def text_lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file (``.gz`` allowed); bytes that are not UTF-8 raise :class:`DataFormatError`
-    naming the file and the line."""
+    """The lines of a UTF-8 text file (``.gz`` allowed, a leading byte-order mark dropped); bytes that are not UTF-8
+    raise :class:`DataFormatError` naming the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is not content
             except UnicodeDecodeError as error:
                 raise DataFormatError(
                     f"{path}, line {number}: not UTF-8 text ({error.reason} at byte {error.start} of the line); "

@@ -208,3 +208,31 @@ def test_resume_from_a_chosen_checkpoint_on_the_command_line(tiny_model_dir, tra
     assert main([*args, "--resume-from", str(run / "checkpoint-2")]) == 0
     assert json.loads((run / "results.json").read_text())["steps"] == 4
     assert main([*args, "--resume-from", str(run / "checkpoint-99")]) == 2  # named, one line
+
+
+def test_resume_refuses_training_data_changed_since_the_run(tiny_model_dir, train_file, tmp_path, capsys):
+    """The recipe's fingerprint hashes the data's path; the run also records the data's content, so a file edited
+    between a run and its --resume is named, on the library and the command-line path alike."""
+    import shutil
+
+    from smoa.cli.main import main
+
+    data = tmp_path / "commonsense_170k.json"
+    shutil.copy(train_file, data)
+    values = tiny_recipe_values(tiny_model_dir, str(data), tmp_path / "run", max_steps=2)
+    run_training(load_recipe(None, **values), log=quiet)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["data_sha256"]
+    run_training(load_recipe(None, **values), resume=True, log=quiet)  # unchanged data: resumes
+    rows = json.loads(data.read_text())
+    data.write_text(json.dumps(rows[1:] + rows[:1]))  # the same records, reordered
+    with pytest.raises(RunDirError, match=r"trained on other data: train_file .*commonsense_170k.json has changed"):
+        run_training(load_recipe(None, **values), resume=True, log=quiet)
+    with pytest.raises(RunDirError, match="trained on other data"):
+        run_training(load_recipe(None, **{**values, "max_steps": 4}), resume=True, log=quiet)  # extending, too
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_sha256"] == recorded  # nothing rewritten
+    args = ["train", "--model", str(tiny_model_dir), "--set", f"train_file={data}", "--output-dir",
+            str(tmp_path / "run"), "--resume"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2 and "trained on other data" in capsys.readouterr().err
+    run_training(load_recipe(None, **values), overwrite=True, log=quiet)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_sha256"] != recorded

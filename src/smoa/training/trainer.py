@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -327,7 +328,33 @@ def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
+def data_digest(recipe: Recipe) -> str | None:
+    """SHA-256 of the training data the recipe names (``train_file``: a file's bytes, or a folder's files, each by
+    relative path and bytes); None for the packaged data, which is versioned with its package. A run records it, so
+    data edited between a run and its ``--resume`` is caught: the recipe's fingerprint hashes the path only."""
+    if not recipe.train_file:
+        return None
+    path = Path(recipe.train_file).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if not files:
+        return None  # missing data is named where it is read
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _run_record(recipe: Recipe, data: str | None, **extra: Any) -> dict[str, Any]:
+    record = {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(), **extra}
+    return record if data is None else {**record, "data_sha256": data}
+
+
 def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool, resume: bool, overwrite: bool):
+    data = data_digest(recipe)
     if existed:
         if overwrite:
             for child in run_dir.iterdir():
@@ -341,12 +368,18 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool,
         else:
             saved = json.loads(run_file.read_text())
             untrained = not list_checkpoints(run_dir) and not (run_dir / "adapter").exists()
+            if not untrained and saved.get("data_sha256") not in (None, data):
+                raise RunDirError(
+                    f"output folder {run_dir} holds a run trained on other data: train_file {recipe.train_file} has "
+                    f"changed since (sha256 {saved['data_sha256'][:12]}… → {(data or 'none')[:12]}…); restore the "
+                    "file, or choose another output_dir, or pass --overwrite to train afresh on the new data"
+                )
             if saved.get("fingerprint") != recipe.fingerprint():
                 differences = recipe.differences(saved.get("recipe", {}))
                 if untrained:  # stopped before its first checkpoint (bad data, a model that did not load)
-                    write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+                    write_json_atomic(run_file, _run_record(recipe, data))
                 elif longer_run(differences) and resume:
-                    extend_run(recipe, run_dir, run_file, differences, saved)
+                    extend_run(recipe, run_dir, run_file, differences, saved, data)
                 else:
                     keys = ", ".join(f"{k} {before!r} → {now!r}" for k, (before, now) in differences.items())
                     hint = " pass --resume to train it further;" if longer_run(differences) else ""
@@ -360,7 +393,9 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, run_file: Path, existed: bool,
                     "to start again"
                 )
     if not run_file.is_file():
-        write_json_atomic(run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()})
+        write_json_atomic(run_file, _run_record(recipe, data))
+    elif data is not None and "data_sha256" not in (record := json.loads(run_file.read_text())):
+        write_json_atomic(run_file, {**record, "data_sha256": data})  # a run from before data was recorded
     recover_staging(run_dir / "adapter", warn=print)
 
 
@@ -376,7 +411,9 @@ def longer_run(differences: dict[str, tuple[Any, Any]]) -> bool:
     return False
 
 
-def extend_run(recipe: Recipe, run_dir: Path, run_file: Path, differences, saved: dict[str, Any]) -> None:
+def extend_run(
+    recipe: Recipe, run_dir: Path, run_file: Path, differences, saved: dict[str, Any], data: str | None = None
+) -> None:
     """Let ``--resume`` train a run further: its finished ``adapter/`` and ``results.json`` are kept beside it as
     ``adapter-step<N>`` / ``results-step<N>.json``, and ``run.json`` records the longer run."""
     [(key, (before, now))] = differences.items()
@@ -388,9 +425,7 @@ def extend_run(recipe: Recipe, run_dir: Path, run_file: Path, differences, saved
         if (run_dir / name).exists() and not (run_dir / kept).exists():
             os.replace(run_dir / name, run_dir / kept)
     history = [*saved.get("extended_from", []), {"step": steps, key: before}]
-    write_json_atomic(
-        run_file, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(), "extended_from": history}
-    )
+    write_json_atomic(run_file, _run_record(recipe, data, extended_from=history))
     print(
         f"extending {run_dir} from step {steps} ({key} {before} → {now}); the learning-rate schedule is recomputed "
         f"for the longer run; the adapter of the shorter run is kept in {run_dir / f'adapter-step{steps}'}"

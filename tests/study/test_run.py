@@ -177,3 +177,37 @@ def test_study_command_plans_writes_the_floor_and_refuses_a_bad_file(tiny_model_
     path.write_text(yaml.safe_dump({**data, "seedz": [1]}))
     assert main(["study", "--recipe", str(path), "--plan"]) == 2
     assert "unknown key 'seedz'" in capsys.readouterr().err
+
+
+def test_a_finished_run_folder_is_reused_only_for_the_recipe_it_trained(tiny_model_dir, train_file, tmp_path):
+    """Killed after a run finished but before its task JSON was written, then the study file changed: the rerun
+    must not stamp the old run with the new recipe."""
+    from smoa.training.trainer import RunDirError
+
+    def study(steps):
+        recipe = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "unused", max_steps=steps)
+        recipe = {k: v for k, v in recipe.items() if k not in ("output_dir", "method", "method_args", "learning_rate")}
+        return parse_study(
+            {
+                "name": "reuse",
+                "output_dir": str(tmp_path / "runs"),
+                "results_dir": str(tmp_path / "results"),
+                "recipe": recipe,
+                "arms": {
+                    "lora": {"method": "lora", "learning_rates": [1e-3, 1e-2], "method_args": {"r": 2}},
+                    "hira": {"method": "hira", "learning_rates": [1e-3, 1e-2], "method_args": {"r": 2}},
+                },
+                "seeds": [1],
+                "extend_grid": 0,
+                "evaluation": {"tasks": ["boolq"], "limit": 2},
+            }
+        )
+
+    first = study(2)
+    assert run_study(first, log=lambda *a: None, max_tasks=1) == 1
+    [written] = (tmp_path / "results" / "runs").iterdir()
+    written.unlink()  # the kill: the run folder is finished, its task JSON is not written
+    assert run_study(first, log=lambda *a: None, max_tasks=1) == 1  # same study: reused
+    written.unlink()
+    with pytest.raises(RunDirError, match=r"finished run with other settings \(max_steps 2 → 4\)"):
+        run_study(study(4), log=lambda *a: None, max_tasks=1)

@@ -268,7 +268,7 @@ def diverged_result(run_dir: Path, error: Exception) -> dict[str, Any]:
 
 def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: Callable[[str], None] = print):
     """Run one task and write its JSON; returns the JSON."""
-    from smoa.training.trainer import NonFiniteError, run_training
+    from smoa.training.trainer import NonFiniteError, check_finished_run, run_training
 
     started = time.time()
     record: dict[str, Any] = {
@@ -290,6 +290,7 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
         run_dir = Path(recipe.run_dir)
         finished = run_dir / "results.json"
         if finished.is_file():
+            check_finished_run(recipe, run_dir)  # the study file or its data may have changed since it trained
             log(f"{task.id}: training already finished in {run_dir}; reusing it")
             trained = json.loads(finished.read_text())
         else:

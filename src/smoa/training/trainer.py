@@ -348,6 +348,27 @@ def data_digest(recipe: Recipe) -> str | None:
     return digest.hexdigest()
 
 
+def check_finished_run(recipe: Recipe, run_dir: Path) -> None:
+    """A finished run folder may stand for ``recipe`` only if its ``run.json`` records this recipe's fingerprint and
+    training data; :class:`RunDirError` names the differing settings or the changed data otherwise."""
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.is_file():
+        raise RunDirError(f"{run_dir} holds results.json but no {RUN_FILE}; it is not a smoa run: move it away")
+    saved = json.loads(run_file.read_text())
+    if saved.get("fingerprint") != recipe.fingerprint():
+        keys = ", ".join(f"{k} {b!r} → {n!r}" for k, (b, n) in recipe.differences(saved.get("recipe", {})).items())
+        raise RunDirError(
+            f"{run_dir} holds a finished run with other settings ({keys or 'other settings'}); restore the study "
+            "file, or move the run folder away so it is trained again"
+        )
+    data = data_digest(recipe)
+    if saved.get("data_sha256") not in (None, data):
+        raise RunDirError(
+            f"{run_dir} holds a finished run trained on other data (train_file {recipe.train_file} has changed); "
+            "restore the file, or move the run folder away so it is trained again"
+        )
+
+
 def _run_record(recipe: Recipe, data: str | None, **extra: Any) -> dict[str, Any]:
     record = {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(), **extra}
     return record if data is None else {**record, "data_sha256": data}

@@ -8,6 +8,7 @@ leaves no temporary behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,8 +39,49 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text)
 
 
-def write_json_atomic(path: str | os.PathLike[str], value: Any, **dumps: Any) -> Path:
+class NonFiniteResultError(ValueError):
+    """A result that is NaN or infinite: it is not a number anyone can use, and not valid JSON either."""
+
+
+def first_non_finite(value: Any, where: str = "") -> str | None:
+    """The key path (``results.val_loss``, ``curve[3]``) of the first NaN or infinite float in a JSON-like value."""
+    if isinstance(value, float):
+        return (where or "the value") if not math.isfinite(value) else None
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, item in items if (found := first_non_finite(item, key))), None)
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any, *, non_finite: str = "refuse", **dumps: Any) -> Path:
     """:func:`write_bytes_atomic` of ``json.dumps(value, **dumps)`` (default: indent 1, sorted keys, ``str`` for
-    other types) plus a final newline."""
-    options = {"indent": 1, "sort_keys": True, "default": str, **dumps}
+    other types) plus a final newline.
+
+    No file this project writes holds NaN or Infinity: by default a non-finite float raises
+    :class:`NonFiniteResultError` naming the file and the key; ``non_finite="null"`` writes them as ``null``, for
+    files where a value is undefined by design (an empty region, a diverged sweep point)."""
+    if non_finite not in ("refuse", "null"):
+        raise ValueError(f"non_finite={non_finite!r}: choose 'refuse' or 'null'")
+    found = first_non_finite(value)
+    if found is not None:
+        if non_finite == "refuse":
+            raise NonFiniteResultError(
+                f"{path}: {found} is not a finite number (NaN or infinite); nothing was written. The computation "
+                "that produced it overflowed or had nothing to average: see the error before this one, or the inputs"
+            )
+        value = _nulled(value)
+    options = {"indent": 1, "sort_keys": True, "default": str, "allow_nan": False, **dumps}
     return write_bytes_atomic(path, json.dumps(value, **options) + "\n")
+
+
+def _nulled(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nulled(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulled(v) for v in value]
+    return value

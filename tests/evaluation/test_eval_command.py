@@ -84,3 +84,36 @@ def test_eval_command_on_your_own_file(tiny_model_dir, tmp_path, capsys):
     assert "quiz.csv, line 2: cannot tell the format" in err and err.count("\n") == 1
     assert main([*argv[:-3], "--no-progress"]) == 2
     assert "--task custom needs --data-file" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_result_that_is_not_a_number(tiny_model_dir, tmp_path, capsys):
+    """Finite but huge factors overflow the outputs to NaN: every scoring path names it in one line, writes nothing."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from smoa import SMoAConfig
+
+    config = SMoAConfig(r=4, num_blocks=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "smoa_" in name:
+                parameter.mul_(1e30)
+    model.save_pretrained(tmp_path / "huge")
+    data = tmp_path / "quiz.jsonl"
+    data.write_text(
+        '{"instruction": "Is the sky blue?", "output": "yes"}\n{"instruction": "Is ice hot?", "output": "no"}\n'
+    )
+    base = ["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "huge"), "--no-progress"]
+    paths = {
+        "loss": ["--task", "custom", "--data-file", str(data), "--metric", "none"],
+        "loglik": ["--task", "winogrande", "--limit", "2", "--method", "loglik"],
+    }
+    for name, argv in paths.items():
+        output = tmp_path / f"{name}.json"
+        assert main([*base, *argv, "--output", str(output)]) == 2, name
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert "not finite" in last or "NaN" in last, (name, err)
+        assert "Traceback" not in err and not output.exists(), name

@@ -58,6 +58,7 @@ def print_recipe_help() -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
+    from smoa._io import NonFiniteResultError
     from smoa.adapter.checkpoint import AdapterFileError
     from smoa.methods import AdapterFolderError, BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
     from smoa.tasks.records import DataFormatError
@@ -78,4 +79,5 @@ def user_errors() -> tuple[type[Exception], ...]:
         DataFormatError,
         AdapterFileError,
         AdapterFolderError,
+        NonFiniteResultError,
     )

@@ -67,6 +67,13 @@ def mean_token_loss(model, tokenizer, records: Sequence[Record], template: Promp
         batch = {k: v.to(device) for k, v in batch.items()}
         total += causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], 1).item()
         count += tokens
+    if count and not math.isfinite(total):
+        from smoa._io import NonFiniteResultError
+
+        raise NonFiniteResultError(
+            f"the validation loss is {total / count} (not finite) over {count} tokens: the model's outputs overflow. "
+            "Check the adapter's weights (a factor that is huge or NaN) or evaluate in float32 (--dtype float32)"
+        )
     return (total / count if count else float("nan")), count
 
 

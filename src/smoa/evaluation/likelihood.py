@@ -26,7 +26,15 @@ def _log_probs_at(model, ids: torch.Tensor, mask: torch.Tensor, spans: Sequence[
     for row, (start, stop) in enumerate(spans):
         positions[row, start:stop] = True
     logits = selected_logits(model, ids.to(device), mask.to(device), positions.to(device)).float()
-    return list(torch.split(torch.log_softmax(logits, dim=-1), [stop - start for start, stop in spans]))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    if bool(torch.isnan(log_probs).any()):  # -inf alone (a masked token) is a probability of 0, not an error
+        from smoa._io import NonFiniteResultError
+
+        raise NonFiniteResultError(
+            "the model's next-token logits are NaN or +inf, so no log-likelihood is defined: its outputs overflow. "
+            "Check the adapter's weights (a factor that is huge or NaN) or evaluate in float32 (--dtype float32)"
+        )
+    return list(torch.split(log_probs, [stop - start for start, stop in spans]))
 
 
 @torch.no_grad()

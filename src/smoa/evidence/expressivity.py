@@ -288,5 +288,7 @@ def run_expressivity(out: str, steps: int = 100, log: Callable[[str], None] = pr
             "real_update": REAL_UPDATE if target_kind == "real" else None,
             "git_commit": git_commit(),
         }
-        write_json_atomic(folder / f"layer{layer}-{kind.split('.')[-1]}-{target_kind}.json", result, indent=1)
+        write_json_atomic(
+            folder / f"layer{layer}-{kind.split('.')[-1]}-{target_kind}.json", result, indent=1, non_finite="null"
+        )
     return len(todo)

@@ -243,7 +243,7 @@ def run_experiment(experiment: Experiment, log: Callable[[str], None] = print, m
             "kind": key.split("-")[0],
             **run_memorize(experiment.spec(arm, rate, seed), log),
         }
-        write_json_atomic(experiment.runs_dir / f"{key}.json", result, indent=1)
+        write_json_atomic(experiment.runs_dir / f"{key}.json", result, indent=1, non_finite="null")
         runs[key] = result
         done += 1
     return done

@@ -234,7 +234,7 @@ def write_summary(experiment: Experiment, doc: str | Path = "docs/evidence.md") 
         **summary,
         "finals": {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary["finals"].items()},
     }
-    write_json_atomic(experiment.out / "summary.json", lean, indent=1)
+    write_json_atomic(experiment.out / "summary.json", lean, indent=1, non_finite="null")
     write_figures(summary, experiment.out / "figures")
     path = Path(doc)
     if path.is_file():
@@ -333,7 +333,7 @@ def write_expressivity(folder: str | Path, doc: str | Path = "docs/evidence.md")
     summary = summarize_expressivity(folder)
     text = expressivity_markdown(summary)
     write_text_atomic(folder / "summary.md", f"# Expressivity fits\n\n{text}\n")
-    write_json_atomic(folder / "summary.json", summary, indent=1)
+    write_json_atomic(folder / "summary.json", summary, indent=1, non_finite="null")
     targets = list(summary["means"])
     if targets:
         fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)

@@ -124,5 +124,5 @@ def write_label_prior(study: Study) -> dict[str, Any]:
         train, validation = load_training_records(recipe)
         seeds[str(seed)] = reference_losses(train, validation, tokenize_records(validation, tokenizer, recipe))
     record = {"study": study.name, "definition": "reference losses, see smoa.study.floor", "seeds": seeds}
-    write_json_atomic(Path(study.results_dir) / FLOOR_FILE, record)
+    write_json_atomic(Path(study.results_dir) / FLOOR_FILE, record, non_finite="null")
     return record

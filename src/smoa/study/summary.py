@@ -556,7 +556,7 @@ def write_summary(study: Study, doc: str | Path | None = None) -> dict[str, Any]
         "sweeps": {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary["sweeps"].items()},
         "finals": {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary["finals"].items()},
     }
-    write_json_atomic(folder / "summary.json", lean)
+    write_json_atomic(folder / "summary.json", lean, non_finite="null")
     write_figures(summary, folder / "figures")
     if doc is not None and Path(doc).is_file():
         content = Path(doc).read_text()

@@ -140,13 +140,27 @@ def require(
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write objects as JSON lines atomically (:mod:`smoa._io`)."""
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Write objects as JSON lines atomically (:mod:`smoa._io`); a NaN or infinite value is refused
+    (:class:`smoa._io.NonFiniteResultError`), never written."""
+    _refuse_non_finite(path, list(rows))
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows))
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> None:
-    """Write one JSON document atomically (indented, UTF-8)."""
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """Write one JSON document atomically (indented, UTF-8); a NaN or infinite value is refused, never written."""
+    _refuse_non_finite(path, value)
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _refuse_non_finite(path: str | os.PathLike[str], value: Any) -> None:
+    from smoa._io import NonFiniteResultError, first_non_finite
+
+    found = first_non_finite(value)
+    if found is not None:
+        raise NonFiniteResultError(
+            f"{path}: {found} is not a finite number (NaN or infinite); nothing was written. See the error before "
+            "this one, or check the model's weights"
+        )
 
 
 def split_validation(

@@ -118,6 +118,9 @@ def import_authors_adapter(model, folder: str | os.PathLike[str], adapter_name: 
     missing = sorted(name for name in expected - loaded if parameters[name].numel() > 0)
     if missing:
         raise AuthorsCheckpointError(f"{folder}: no saved factor for {missing[0]} ({len(missing)} missing)")
+    from smoa.peft_integration.load_gate import check_loaded_adapter
+
+    check_loaded_adapter(peft_model, adapter_name, None, str(folder))  # their files carry no fingerprint to check
     warnings.warn(
         "the authors' code does not save block orders and recomputes them at every load, so their ΔW depends on the "
         "SVD run (threads, dtype); these orders were computed now with their arithmetic and are saved with the "

@@ -17,16 +17,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from smoa.peft_integration.load_gate import AdapterFileError
+
 if TYPE_CHECKING:
     from .config import SMoAConfig
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 _KEY = re.compile(r"^(?P<module>.+)\.smoa_(?P<kind>A|B)\.(?P<block>\d+)$")
-
-
-class AdapterFileError(ValueError):
-    """A saved adapter file is unreadable or does not match its config."""
 
 
 def read_adapter_tensors(path: str) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from .base_checks import check_block_sizes, check_finite, check_float_weight, de
 from .checkpoint import weight_fingerprint
 from .config import SMoAConfig
 from .kernel_choice import add_in_place, branch_kernel, use_fused_kernel
-from .loaded_state import check_loaded_state, order_is_set, unset_order
+from .loaded_state import check_adapter_state, check_loaded_state, order_is_set, unset_order
 from .merge_snapshot import MergeSnapshot
 
 
@@ -112,6 +112,16 @@ class SMoALayer(BaseTunerLayer):
     def check_base_weight(self) -> None:
         """Refuse a base whose stored weight is not ``W0`` itself (see :func:`check_float_weight`), before any SVD."""
         check_float_weight(self.get_base_layer(), self.module_name)
+
+    #: buffers a saved adapter may lack (:mod:`smoa.peft_integration.load_gate`): the orders (then computed by SVD)
+    #: and the fingerprint (then refused unless ``base_fingerprint_check`` is ``"off"``)
+    optional_saved = ("smoa_row_order", "smoa_col_order", "smoa_fingerprint")
+
+    def check_loaded_adapter(self, adapter_name: str, missing: frozenset[str] = frozenset()) -> None:
+        """The load gate's check of this layer for ``adapter_name`` (nothing if it does not hold it): orders that
+        are permutations, a fingerprint that matches the base; ``missing`` names the optional buffers not saved."""
+        if adapter_name in self.smoa_A:
+            check_adapter_state(self, adapter_name, fingerprint_saved="smoa_fingerprint" not in missing)
 
     # ------------------------------------------------------------------------------------------ adapter setup
     def update_layer(self, adapter_name: str, config: SMoAConfig, **kwargs: Any) -> None:
@@ -204,7 +214,10 @@ class SMoALayer(BaseTunerLayer):
         """Dense ``ΔW`` of an adapter in the layer's weight layout (``(d_in, d_out)`` for Conv1D).
 
         Computed in float32 at least (fp16/bf16 factors are upcast) and returned in ``dtype`` (default: base dtype).
+        Every merge goes through here, so the load gate's layer check runs again first: the orders or the base may
+        have been changed in memory since the adapter was loaded.
         """
+        self.check_loaded_adapter(adapter_name)
         a, b = list(self.smoa_A[adapter_name]), list(self.smoa_B[adapter_name])
         row_order, col_order = self.orders(adapter_name)
         original = self.original_weight()

@@ -35,20 +35,27 @@ def order_is_set(order: Tensor) -> bool:
 
 
 def check_loaded_state(layer: SMoALayer, incompatible_keys: Any = None) -> None:
-    """``load_state_dict`` post-hook of an SMoA layer: every loaded order is a permutation of the right size, and
-    every loaded fingerprint matches the base (raising or warning as the adapter's ``base_fingerprint_check`` says)."""
+    """``load_state_dict`` post-hook of an SMoA layer: :func:`check_adapter_state` for each of its adapters."""
     for adapter_name in list(layer.smoa_row_order.keys()):
-        check_loaded_orders(layer, adapter_name)
-        mode = layer.fingerprint_check.get(adapter_name, "error")
-        actual = layer._base_fingerprint
-        if mode == "off" or actual is None:
-            continue
-        message = fingerprint_problem(adapter_name, layer.module_name, layer.smoa_fingerprint[adapter_name], actual)
-        if message is None:
-            continue
-        if mode == "error":
-            raise AdapterFileError(message)
-        warnings.warn(message, stacklevel=2)
+        check_adapter_state(layer, adapter_name)
+
+
+def check_adapter_state(layer: SMoALayer, adapter_name: str, fingerprint_saved: bool = True) -> None:
+    """Every loaded order is a permutation of the right size, and the loaded fingerprint matches the base (raising
+    or warning as the adapter's ``base_fingerprint_check`` says); ``fingerprint_saved=False``: the file had none, so
+    the base cannot be checked (treated as a fingerprint that is not finite)."""
+    check_loaded_orders(layer, adapter_name)
+    mode = layer.fingerprint_check.get(adapter_name, "error")
+    actual = layer._base_fingerprint
+    if mode == "off" or actual is None:
+        return
+    saved = layer.smoa_fingerprint[adapter_name] if fingerprint_saved else torch.full((9,), float("nan"))
+    message = fingerprint_problem(adapter_name, layer.module_name, saved, actual)
+    if message is None:
+        return
+    if mode == "error":
+        raise AdapterFileError(message)
+    warnings.warn(message, stacklevel=2)
 
 
 def check_loaded_orders(layer: SMoALayer, adapter_name: str) -> None:

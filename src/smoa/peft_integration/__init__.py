@@ -5,6 +5,9 @@ method defined outside PEFT is registered by writing its config class, tuner cla
 mappings PEFT consults, under the upper-case method name. ``get_peft_model``, ``save_pretrained``,
 ``PeftModel.from_pretrained`` and ``merge_and_unload`` then work as for a built-in method. The config class sets
 ``peft_type`` to the method's :class:`OutOfTreePeftType` member (a string enum, like PEFT's ``PeftType``).
+
+Registering also installs the load gate (:mod:`smoa.peft_integration.load_gate`): every load of a saved adapter of
+these methods, through PEFT or transformers, is checked against the model it goes onto.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import peft
 from packaging.version import Version
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
+
+from . import load_gate
 
 SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
 
@@ -59,6 +64,7 @@ def register_peft_tuner(name: str, config_cls: type[PeftConfig], tuner_cls: type
     PEFT_TYPE_TO_CONFIG_MAPPING[name] = config_cls
     PEFT_TYPE_TO_TUNER_MAPPING[name] = tuner_cls
     PEFT_TYPE_TO_PREFIX_MAPPING[name] = prefix
+    load_gate.install(name, prefix)
 
 
 def tag_base_model(model, tags: list[str]) -> None:

@@ -224,7 +224,6 @@ def test_a_merge_refuses_orders_changed_in_memory_after_the_load(bases):
 
 def test_smoa_eval_refuses_a_tampered_adapter_in_one_line(bases, tmp_path, capsys):
     from smoa.cli.main import main
-
     from tests.tiny import build_tiny_tokenizer
 
     root, _ = bases

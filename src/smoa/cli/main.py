@@ -34,7 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    code = int(args.func(args) or 0)
+    release_process_group()
+    return code
+
+
+def release_process_group() -> None:
+    """Destroy the process group of a ``torchrun`` launch once the command has finished, in every process.
+
+    Left to interpreter shutdown, gloo's worker threads can still hold tensors whose release needs the interpreter
+    being torn down, and the process aborts (SIGABRT, "terminate called without an active exception") after a run
+    that succeeded. Not called when the command raised: destroying while a peer waits in a collective can hang.
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -323,6 +323,50 @@ def test_8bit_save_load_bit_identical_merge_bounded_and_unmerge_exact(base_dir, 
     assert_close_when_merged_and_exact_when_unmerged(model, tokens, unmerged, base, codes, w0)
 
 
+BASE_KINDS = {
+    "float": lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+    **{kind: (lambda path, kind=kind: load_4bit(path, kind)) for kind in FOUR_BIT},
+    "8bit": load_8bit,
+}
+
+
+def train_steps(base: nn.Module, tokens: torch.Tensor, evaluate_between: bool) -> list[torch.Tensor]:
+    """Two SGD steps on the q/v factors (k, o and the MLP stay plain base layers), with or without a Trainer-style
+    evaluation (eval mode, ``torch.no_grad()``) between them; returns the factors after (seeded: the same start)."""
+    for module in base.modules():  # as on a CPU with AVX512-BF16, where bitsandbytes repacks at a no-grad forward
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = True
+    torch.manual_seed(0)
+    model = get_peft_model(base, config(target_modules=["q_proj", "v_proj"]))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(2):
+        model.train()
+        model(tokens, labels=tokens).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if evaluate_between and step == 0:
+            model.eval()
+            with torch.no_grad():
+                model(tokens, labels=tokens)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            assert not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
+    return [p.detach().clone() for name, p in model.named_parameters() if "smoa_" in name]
+
+
+@pytest.mark.parametrize("kind", list(BASE_KINDS))
+def test_training_across_an_evaluation_equals_training_without_one(base_dir, tokens, kind):
+    """An evaluation under ``torch.no_grad()`` between two steps changes nothing the next step computes, on every
+    base kind: bitsandbytes' repacked 4-bit layout (no backward) is kept off every ``Linear4bit``, wrapped or not."""
+    across = train_steps(BASE_KINDS[kind](base_dir), tokens, evaluate_between=True)
+    straight = train_steps(BASE_KINDS[kind](base_dir), tokens, evaluate_between=False)
+    assert all(torch.equal(a, b) for a, b in zip(across, straight, strict=True))
+    torch.manual_seed(0)
+    initial = get_peft_model(BASE_KINDS[kind](base_dir), config(target_modules=["q_proj", "v_proj"]))
+    before = [p for name, p in initial.named_parameters() if "smoa_" in name]
+    assert all(not torch.equal(a, b) for a, b in zip(before, straight, strict=True))  # every factor trained
+
+
 def test_kbit_training_changes_only_the_factors(base_dir, tokens):
     from peft import prepare_model_for_kbit_training
 

@@ -291,13 +291,26 @@ def _block_scales(state: Any) -> Tensor:
     return scales.float()
 
 
+def keep_standard_cpu_layout(model: nn.Module) -> None:
+    """Keep every ``Linear4bit`` of ``model`` (adapted or not) in bitsandbytes' standard layout on CPU.
+
+    The repacked layout (see :func:`_use_standard_cpu_layout`) is computed by a kernel without a backward: once an
+    evaluation under ``torch.no_grad()`` has repacked a layer the adapter does not wrap (``o_proj`` when only
+    ``q_proj`` / ``v_proj`` are targets), the gradients through it are wrong (torch differentiates the kernel as if
+    it were constant), so training after the first evaluation would silently stop reaching the factors upstream.
+    """
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            _use_standard_cpu_layout(module)
+
+
 def _use_standard_cpu_layout(base: nn.Module) -> None:
     """Keep a 4-bit weight in bitsandbytes' standard layout on CPU.
 
     On CPUs with AVX512-BF16, bitsandbytes repacks a ``Linear4bit``'s weight at its first no-grad forward in eval mode
     and rounds the block scales to bfloat16, which changes ``W0`` under the adapter's anchors and fingerprint. SMoA
-    turns that repacking off for the layers it wraps (and undoes one that already happened, as bitsandbytes does
-    when saving), so the anchors always come from the weights the orders were computed on.
+    turns that repacking off (and undoes one that already happened, as bitsandbytes does when saving), so the anchors
+    always come from the weights the orders were computed on.
     """
     base.support_avx512bf16_for_cpu = False
     weight = base.weight
@@ -324,4 +337,11 @@ def dispatch_bnb(target: nn.Module, adapter_name: str, config: SMoAConfig, modul
     return layer_cls(target, adapter_name, config, module_name=module_name)
 
 
-__all__ = ["DequantizedAnchors", "Linear4bit", "Linear8bitLt", "QuantizedLinear", "dispatch_bnb"]
+__all__ = [
+    "DequantizedAnchors",
+    "Linear4bit",
+    "Linear8bitLt",
+    "QuantizedLinear",
+    "dispatch_bnb",
+    "keep_standard_cpu_layout",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,6 +52,10 @@ class SMoAModel(BaseTuner):
         finally:
             self._orders_bar = _NO_BAR
             bar.close()
+        if "bitsandbytes" in sys.modules:  # a quantised base was loaded: bitsandbytes is imported already
+            from .bnb import keep_standard_cpu_layout
+
+            keep_standard_cpu_layout(model)
 
     def _create_and_replace(
         self,

@@ -66,6 +66,29 @@ def test_train_uses_the_recipes_rate_for_its_method(tiny_model_dir, train_file, 
     assert "smoa: learning_rate 0.02 for smoa (method_learning_rates)" in lines
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_is_what_the_recipe_says_on_cpu(tiny_model_dir, train_file, tmp_path, monkeypatch, precision):
+    """``precision: bf16`` computes the forward in bfloat16 (autocast) on a CPU too, also on the loss path that
+    applies the LM head at labelled positions only; the factors and the optimizer stay float32."""
+    import smoa.training.trainer as trainer_module
+
+    seen: set[torch.dtype] = set()
+    build = trainer_module.build_model
+
+    def recording(recipe):
+        model, tokenizer, plan = build(recipe)
+        q_proj = next(m for name, m in model.named_modules() if name.endswith("layers.0.self_attn.q_proj"))
+        q_proj.register_forward_hook(lambda module, args, output: seen.add(output.dtype) if module.training else None)
+        return model, tokenizer, plan
+
+    monkeypatch.setattr(trainer_module, "build_model", recording)
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2, precision=precision)
+    result = run_training(load_recipe(None, **values), log=quiet)
+    assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    saved = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
+    assert {v.dtype for k, v in saved.items() if "smoa_A" in k or "smoa_B" in k} == {torch.float32}
+
+
 def test_run_folder_guard(tiny_model_dir, train_file, tmp_path):
     values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=2)
     run_training(load_recipe(None, **values), log=quiet)

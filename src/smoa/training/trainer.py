@@ -494,7 +494,8 @@ def _trainer_classes():
             if not plain:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            loss = causal_lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"], items)
+            with self.accelerator.autocast():  # the calls below bypass the forward accelerate wrapped in autocast
+                loss = causal_lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"], items)
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and items is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss (one process here)
             return (loss, {"loss": loss}) if return_outputs else loss

@@ -238,3 +238,29 @@ def test_output_is_private_refuses_every_shared_output(monkeypatch):
     handle.remove()
     monkeypatch.delattr(torch.nn.modules.module, "_global_forward_hooks")  # a torch without the internal
     assert not output_is_private(out, base)
+
+
+def test_a_hooked_base_layer_computes_what_the_blockwise_kernel_computes_bit_for_bit():
+    """A forward hook on the base layer (FSDP2's, accelerate's) rules the fused kernel out; the layer then computes
+    ``base(x) + Σ_k x ΔW_kᵀ`` exactly as ``kernel="blockwise"`` does unhooked (docs/scale-out.md)."""
+    from tests.tiny import build_tiny_llama
+
+    torch.manual_seed(0)
+    base = build_tiny_llama(vocab_size=64, hidden_size=64, intermediate_size=128, max_position_embeddings=64)
+    config = smoa.SMoAConfig(r=8, num_blocks=2, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    layers = smoa.smoa_layers(model).values()
+    tokens = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers:
+            layer.kernel = "blockwise"
+        blockwise = model(tokens).logits
+        for layer in layers:
+            layer.kernel = "auto"
+        fused = model(tokens).logits
+        hooks = [layer.get_base_layer().register_forward_hook(lambda *args: None) for layer in layers]
+        hooked = model(tokens).logits
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(hooked, blockwise)
+    assert torch.allclose(fused, hooked, rtol=0, atol=1e-5)  # the same formula, summed in another order

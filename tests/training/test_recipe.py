@@ -168,3 +168,11 @@ def test_a_key_given_twice_is_refused_at_every_depth(tmp_path, text, line):
     path.write_text(text)
     with pytest.raises(RecipeError, match=f"given twice \\({line}\\); keep one"):
         read_yaml_mapping(str(path), "recipe file")
+
+
+def test_an_override_whose_mapping_value_holds_a_key_twice_is_refused():
+    from smoa.training.recipe import parse_override
+
+    assert parse_override("method_args={r: 8, num_blocks: 2}") == ("method_args", {"r": 8, "num_blocks": 2})
+    with pytest.raises(RecipeError, match=r"override 'method_args=\{r: 8, r: 16\}'.*'r' is given twice"):
+        parse_override("method_args={r: 8, r: 16}")

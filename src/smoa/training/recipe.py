@@ -427,11 +427,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else None
+    except yaml.YAMLError as err:  # a mapping value holding a key twice included
         raise RecipeError(f"override {text!r}: the value is not valid YAML ({err})") from err
-    if key.startswith("method_args."):
-        return key, value
     return key, value
 
 

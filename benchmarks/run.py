@@ -424,8 +424,9 @@ def bench_data(repeats: int, steps: int = 6) -> dict:
 
     from smoa.lm_head import causal_lm_loss
     from smoa.tasks.prompts import collate_for_training
+    from smoa.training.data import load_training_records, tokenize_records
     from smoa.training.recipe import load_recipe
-    from smoa.training.trainer import build_model, load_training_records, tokenize_records
+    from smoa.training.trainer import build_model
 
     batch_size = 8
     recipe = load_recipe(

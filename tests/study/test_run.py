@@ -91,7 +91,7 @@ def test_stored_validation_losses_are_each_examples_summed_token_loss(tiny_model
     from smoa.models import load_model_and_tokenizer
     from smoa.study.runner import validation_examples
     from smoa.training import load_recipe, run_training
-    from smoa.training.trainer import load_training_records, tokenize_records
+    from smoa.training.data import load_training_records, tokenize_records
 
     recipe = load_recipe(None, **tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "run", max_steps=1))
     adapter = run_training(recipe, log=lambda *a, **k: None).adapter_dir

@@ -26,7 +26,7 @@ def test_shipped_recipes_load(path):
     recipe = load_recipe(str(path))
     assert recipe.name and recipe.task in ("commonsense", "math", "dialogue", "custom")
     if recipe.task == "custom":  # a shipped example points at a shipped file, which must read without error
-        from smoa.training.trainer import load_training_records
+        from smoa.training.data import load_training_records
 
         train, validation = load_training_records(recipe)
         assert train and len(validation) == recipe.val_size

@@ -300,8 +300,8 @@ def test_memorize_task_trains_on_every_pair_and_evaluates_on_them(tiny_model_dir
     assert result.train_examples == 512  # every pair is trained on; validation is a sample of the same pairs
     summary = result.evaluation["memorize"]["datasets"]["memorize"]
     assert summary["total"] == 4 and 0 <= summary["char_accuracy"] <= 100
+    from smoa.training.data import load_training_records
     from smoa.training.recipe import RecipeError
-    from smoa.training.trainer import load_training_records
 
     with pytest.raises(RecipeError, match="train_limit does not apply to task=memorize"):
         load_training_records(load_recipe(None, **{**values, "train_limit": 10}))

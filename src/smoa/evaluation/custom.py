@@ -49,6 +49,19 @@ def resolve_metric(metric: str, records: Sequence[Record], template: PromptTempl
     return metric
 
 
+def answer_pattern(metric: str, answer_regex: str | None) -> re.Pattern[str] | None:
+    """The compiled ``answer_regex`` for ``metric="regex"`` (None for other metrics); raises ValueError naming the
+    recipe key when it is missing or not a valid regex."""
+    if metric != "regex":
+        return None
+    if not answer_regex:
+        raise ValueError("recipe key eval_metric='regex' needs answer_regex, e.g. answer_regex: '#### (\\S+)'")
+    try:
+        return re.compile(answer_regex)
+    except re.error as error:
+        raise ValueError(f"recipe key answer_regex={answer_regex!r} is not a valid regex: {error}") from None
+
+
 @torch.no_grad()
 def mean_token_loss(model, tokenizer, records: Sequence[Record], template: PromptTemplate, batch_size: int = 8):
     """``(Σ token losses / token count, token count)`` over the trained tokens of ``records`` (training's labels)."""
@@ -112,14 +125,7 @@ def evaluate_own_data(
     if not records:
         raise ValueError(f"{name}: no evaluation records")
     metric = resolve_metric(metric, records, template)
-    pattern = None
-    if metric == "regex":
-        if not answer_regex:
-            raise ValueError("recipe key eval_metric='regex' needs answer_regex, e.g. answer_regex: '#### (\\S+)'")
-        try:
-            pattern = re.compile(answer_regex)
-        except re.error as error:
-            raise ValueError(f"recipe key answer_regex={answer_regex!r} is not a valid regex: {error}") from None
+    pattern = answer_pattern(metric, answer_regex)
     model.eval()
     started = time.perf_counter()
     loss, tokens = mean_token_loss(model, tokenizer, records, template, batch_size)

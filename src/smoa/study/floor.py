@@ -108,7 +108,7 @@ def write_label_prior(study: Study) -> dict[str, Any]:
     from smoa.models import load_tokenizer
     from smoa.study.runner import Task, task_recipe
     from smoa.training.checkpoints import write_json_atomic
-    from smoa.training.trainer import load_training_records, tokenize_records
+    from smoa.training.data import load_training_records, tokenize_records
 
     if study.recipe.task != "commonsense":
         raise StudyError(

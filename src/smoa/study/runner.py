@@ -223,7 +223,7 @@ def validation_examples(recipe, adapter_dir: str) -> dict[str, list]:
 
     from smoa.methods import load_adapter
     from smoa.models import load_model_and_tokenizer
-    from smoa.training.trainer import load_training_records, tokenize_records
+    from smoa.training.data import load_training_records, tokenize_records
 
     _, validation = load_training_records(recipe)
     model, tokenizer = load_model_and_tokenizer(recipe.model, dtype=recipe.dtype)

@@ -102,7 +102,7 @@ def resolve_tasks(name: str) -> list[TaskSpec]:
         return [TASKS[key]]
     if key in commonsense.ALIASES:
         return [TASKS[commonsense.ALIASES[key]]]
-    choices = ", ".join([*GROUPS, *TASKS])
+    choices = ", ".join(dict.fromkeys([*GROUPS, *TASKS]))
     raise KeyError(f"unknown task {name!r}; choose one of {choices}")
 
 

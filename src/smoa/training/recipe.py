@@ -179,6 +179,12 @@ class Recipe:
         for column, name in self.fields.items():
             if not isinstance(name, str) or not name:
                 raise RecipeError(f"recipe key fields.{column}={name!r} is invalid: it must be a column name")
+        if self.task != "custom":  # keys of your own data that any other task would ignore without a word
+            for key, default in (("eval_file", None), ("fields", {}), ("data_format", "auto"), ("eval_metric", "auto")):
+                if getattr(self, key) != default:
+                    raise bad(key, f"it applies with task=custom only (task={self.task!r}); remove it")
+        if self.answer_regex is not None and self.eval_metric != "regex":
+            raise bad("answer_regex", "it applies with eval_metric=regex only; set eval_metric=regex or remove it")
         if self.task == "custom" and not self.train_file:
             raise RecipeError(
                 "recipe key train_file is required with task=custom: give your JSON, JSONL, CSV or Parquet file"

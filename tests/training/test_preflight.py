@@ -127,3 +127,38 @@ def test_cli_prints_a_preflight_error_in_one_line(tiny_model_dir, train_file, tm
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "recipe key eval_tasks: unknown task 'nope'" in err
     assert err.count("memorize") == 1
+
+
+def test_compare_checks_every_arm_before_the_first_trains(tiny_model_dir, train_file, tmp_path, no_model):
+    from smoa.training.compare import run_compare
+
+    values = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "cmp")
+    values["method_args"] = {"r": 4, "num_blocks": 2}  # num_blocks is SMoA's; LoRA's config refuses it
+    with pytest.raises(RecipeError, match=r"method_args=.* is invalid for method 'lora'.*num_blocks"):
+        run_compare(load_recipe(None, **values), ["smoa", "lora"], [1], log=quiet)
+
+
+def test_study_checks_every_arm_and_ablation_before_the_first_task(tiny_model_dir, train_file, tmp_path, no_model):
+    from smoa.study import parse_study, run_study
+
+    recipe = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "unused")
+    recipe = {k: v for k, v in recipe.items() if k not in ("output_dir", "method", "method_args", "learning_rate")}
+    study = parse_study(
+        {
+            "name": "bad",
+            "output_dir": str(tmp_path / "runs"),
+            "results_dir": str(tmp_path / "results"),
+            "recipe": recipe,
+            "arms": {
+                "smoa": {"method": "smoa", "learning_rates": [1e-3, 1e-2], "method_args": {"r": 4, "num_blocks": 2}},
+                "lora": {"method": "lora", "learning_rates": [1e-3, 1e-2], "method_args": {"r": 2}},
+            },
+            "ablations": {"smoa-odd": {"of": "smoa", "method_args": {"permutation": "sideways"}}},
+            "seeds": [1],
+            "extend_grid": 0,
+            "evaluation": {"tasks": ["boolq"], "limit": 2},
+        }
+    )
+    with pytest.raises(RecipeError, match=r"invalid for method 'smoa'.*sideways"):
+        run_study(study, log=quiet)
+    assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").iterdir())

@@ -325,7 +325,15 @@ def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: 
 
 
 def run_study(study: Study, log: Callable[[str], None] = print, max_tasks: int | None = None) -> int:
-    """Run tasks until the study is complete (or ``max_tasks`` were run); returns how many ran."""
+    """Run tasks until the study is complete (or ``max_tasks`` were run); returns how many ran.
+
+    Every arm's and ablation's method settings are checked first, so that a bad one stops the study before the
+    first task, not when its turn comes."""
+    from smoa.training.preflight import check_method_settings
+
+    for name in [*study.arms, *study.ablations]:
+        method, method_args = study.variant(name)
+        check_method_settings(dataclasses.replace(study.recipe, method=method, method_args=method_args))
     count = 0
     while max_tasks is None or count < max_tasks:
         results = load_results(study)

@@ -13,6 +13,7 @@ from smoa._progress import progress_bars
 
 from .checkpoints import write_json_atomic
 from .engines import is_main_process
+from .preflight import check_method_settings
 from .recipe import Recipe
 from .trainer import TrainResult, run_training
 
@@ -34,6 +35,8 @@ def run_compare(
     Each finished evaluation is logged as one line, ``<method>-seed<seed> · <dataset>: accuracy …, <seconds> s``,
     as it finishes; ``recipe.progress: false`` turns the progress bars off.
     """
+    for method in methods:  # every arm's settings before the first arm trains
+        check_method_settings(recipe.for_method(method))
     results = []
     with EvaluationLines(log) as lines:
         for method in methods:

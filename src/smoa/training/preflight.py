@@ -15,6 +15,33 @@ from smoa.tasks.prompts import IGNORE_INDEX
 from smoa.training.recipe import Recipe, RecipeError
 
 
+def method_settings_error(recipe: Recipe, error: Exception) -> RecipeError:
+    """The one-line error for ``method_args`` the method's PEFT config refuses (an unknown or out-of-range key)."""
+    settings = f"method_args={recipe.method_args!r}"
+    return RecipeError(f"recipe key {settings} is invalid for method {recipe.method!r}: {error}")
+
+
+def check_method_settings(recipe: Recipe) -> None:
+    """Plan ``recipe.method`` on the base model's shapes (its config on the meta device, no weights) and build its
+    PEFT config, so that a ``compare`` or ``study`` arm whose ``method_args`` or budget cannot work is refused before
+    the first arm trains, not hours later when its turn comes."""
+    from smoa.methods import plan_method
+    from smoa.models import resolve_model_path
+
+    plan = plan_method(
+        recipe.method,
+        resolve_model_path(recipe.model),
+        recipe.budget,
+        recipe.target_params,
+        recipe.target_modules,
+        **recipe.method_args,
+    )
+    try:
+        plan.peft_config()
+    except (TypeError, ValueError) as error:
+        raise method_settings_error(recipe, error) from None
+
+
 def check_evaluation_settings(recipe: Recipe, validation: Sequence) -> None:
     """Everything the evaluation after training will need: known task names, a scorer that applies to each, its
     data readable (``eval_data_dir`` or the packaged sets), and for ``custom`` a metric that fits the records."""

@@ -54,7 +54,7 @@ from .engines import (
     write_engine_record,
 )
 from .model_card import save_adapter
-from .preflight import check_evaluation_settings, check_loss_tokens
+from .preflight import check_evaluation_settings, check_loss_tokens, method_settings_error
 from .recipe import Recipe, RecipeError
 
 RUN_FILE = "run.json"
@@ -167,9 +167,7 @@ def build_model(recipe: Recipe):
     try:
         config = plan.peft_config()
     except (TypeError, ValueError) as err:  # an unknown or out-of-range method setting
-        raise RecipeError(
-            f"recipe key method_args={recipe.method_args!r} is invalid for method {recipe.method!r}: {err}"
-        ) from None
+        raise method_settings_error(recipe, err) from None
     config.task_type = "CAUSAL_LM"
     torch.manual_seed(recipe.seed)
     try:

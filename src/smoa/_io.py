@@ -85,3 +85,33 @@ def _nulled(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_nulled(v) for v in value]
     return value
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot take what the command will write: named before any work starts."""
+
+
+def check_output_path(path: str | os.PathLike[str], option: str, *, folder: bool = False) -> Path:
+    """Make sure ``path`` (a file, or with ``folder=True`` a folder) can be written, creating the folder that will
+    hold it, before a command spends minutes on a result it could not save.
+
+    Raises:
+        OutputPathError: naming ``option`` (``--output``) and why (a folder where a file goes, or the reverse, a
+            parent that cannot be created, a folder without write permission).
+    """
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise OutputPathError(f"{option} {path} is a folder; give a file path for the result")
+    if folder and path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is a file, not a folder; give a folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(
+            f"{option} {path}: cannot create {parent} ({error.strerror}); choose a writable place"
+        ) from None
+    target = path if folder and path.is_dir() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path}: {target} is not writable; choose a writable place")
+    return path

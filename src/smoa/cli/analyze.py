@@ -24,6 +24,15 @@ from smoa.methods import BUDGETS, NAMED_MODELS, method_names
 DEFAULT_CEILING_METHODS = ("smoa", "lora", "dora", "hira", "melora", "mora")
 
 
+def _check_report_folder(folder: str) -> None:
+    from smoa._io import OutputPathError, check_output_path
+
+    try:
+        check_output_path(folder, "--output", folder=True)
+    except OutputPathError as error:
+        raise CommandError(str(error)) from None
+
+
 class CommandError(Exception):
     """A user error: printed as one line, exit code 2."""
 
@@ -148,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.ceiling_only:
         if args.adapter:
             raise CommandError("--ceiling-only needs no --adapter (it reads only the model config); drop one of them")
+        if args.output:
+            _check_report_folder(args.output)
         rows = _ceiling_rows(args, args.model)
         _print_ceilings(rows)
         if args.output:
@@ -161,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("give at least one --adapter DIR (or --ceiling-only for the weights-free table)")
     if not args.output:
         raise CommandError("--output DIR is required: the report folder to write")
+    _check_report_folder(args.output)
     if args.label and len(args.label) != len(args.adapter):
         raise CommandError(f"{len(args.label)} --label for {len(args.adapter)} --adapter; give one per adapter or none")
     for adapter in args.adapter:

@@ -12,6 +12,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from smoa._io import check_output_path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from smoa.tasks.records import DataFormatError
 
     try:
+        check_output_path(output_path(args), "--output")  # a result that could not be saved costs nothing
         if args.task == "custom":
             return run_custom(args)
         resolve_tasks(args.task)
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             keep_predictions=args.predictions,
         )
     except (KeyError, FileNotFoundError, ValueError, DataFormatError) as error:
-        print(f"smoa eval: {error}", file=sys.stderr)
+        print(f"smoa eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
     return report(args, result, started)
 
@@ -170,6 +173,13 @@ def run_custom(args: argparse.Namespace) -> int:
     return report(args, result, started)
 
 
+def output_path(args: argparse.Namespace) -> Path:
+    """``--output``, else ``outputs/eval-<task>-<time>.json`` (the time fixed at the first call)."""
+    if not args.output:
+        args.output = str(Path("outputs") / f"eval-{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    return Path(args.output)
+
+
 def report(args: argparse.Namespace, result: dict, started: float) -> int:
     """Print the table and write the result JSON."""
     from smoa.evaluation.runner import results_markdown
@@ -179,11 +189,7 @@ def report(args: argparse.Namespace, result: dict, started: float) -> int:
     result.update({"model": args.model, "adapter": args.adapter, "wall_seconds": wall})
     label = Path(args.adapter).name if args.adapter else Path(args.model).name
     print(results_markdown(result, label=label))
-    output = (
-        Path(args.output)
-        if args.output
-        else Path("outputs") / (f"eval-{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-    )
+    output = output_path(args)
     write_json(output, result)
     print(f"results written to {output} (wall time {result['wall_seconds']} s)")
     return 0

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smoa._io import OutputPathError, check_output_path
     from smoa.adapter.authors import AuthorsCheckpointError, import_authors_adapter, read_authors_checkpoint
     from smoa.models import load_model_and_tokenizer
     from smoa.training.checkpoints import save_dir_atomic
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if output.exists():
             raise AuthorsCheckpointError(f"--output {output} exists; give a new folder (nothing is overwritten)")
+        check_output_path(output, "--output", folder=True)
         config, _ = read_authors_checkpoint(args.adapter)  # a wrong folder fails before the model loads
         model_name = args.model or config.base_model_name_or_path
         if not model_name:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("always", UserWarning)
             peft_model = import_authors_adapter(model, args.adapter)
         save_dir_atomic(output, lambda tmp: save_adapter(peft_model, tmp))
-    except (AuthorsCheckpointError, FileNotFoundError, OSError) as error:
+    except (AuthorsCheckpointError, OutputPathError, FileNotFoundError, OSError) as error:
         print(f"smoa import-authors: {error}", file=sys.stderr)
         return 2
     for warning in caught:

@@ -236,3 +236,19 @@ def test_smoa_eval_refuses_a_tampered_adapter_in_one_line(bases, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "peft_type LORA, but the weights are SMOA parameters" in err.strip().splitlines()[-1]
+
+
+def _drop_orders(tensors):
+    for key in [k for k in tensors if ".layers.0.self_attn.q_proj.smoa_" in k and k.endswith("_order")]:
+        del tensors[key]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_missing_orders_are_recomputed_with_a_warning_on_every_path(bases, tmp_path, path):
+    root, reference = bases
+    folder = _copy(root, tmp_path)
+    _edit_tensors(_drop_orders)(folder)
+    with pytest.warns(UserWarning, match=r"no saved block orders for 1 module\(s\).*layers\.0\.self_attn\.q_proj"):
+        model = PATHS[path](root, folder, "orders missing")
+    with torch.no_grad():  # the same base weights give the same orders here
+        torch.testing.assert_close(model.eval()(TOKENS).logits, reference)

@@ -20,7 +20,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from smoa._io import write_bytes_atomic
+from smoa._io import write_bytes_atomic, write_json_atomic
 
 from . import spectral as S
 from .ceilings import CeilingRow
@@ -78,16 +77,6 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ tables --------
@@ -537,7 +526,7 @@ def write_report(
     results = {"meta": meta, "definitions": dict(DEFINITIONS), "adapters": [a.to_dict() for a in analyses]}
     if ceilings is not None:
         results["ceilings"] = ceiling_rows(ceilings)
-    written["results.json"] = write_bytes_atomic(output / "results.json", json.dumps(_json_safe(results), indent=1))
+    written["results.json"] = write_json_atomic(output / "results.json", results, non_finite="null", sort_keys=False)
     if analyses:
         written["summary.csv"] = write_bytes_atomic(output / "summary.csv", _csv_text(summary_rows(analyses)))
         written["layers.csv"] = write_bytes_atomic(output / "layers.csv", _csv_text(layer_rows(analyses)))

@@ -380,11 +380,9 @@ def _trainer_classes():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            if not torch.isfinite(loss).all():
-                step = self.state.global_step + 1
-                raise NonFiniteError(
-                    step, f"the training loss ({loss.item()})", self.args.output_dir, self.args.learning_rate
-                )
+            for callback in self.callback_handler.callbacks:  # checked with the gradients, once per step
+                if isinstance(callback, NonFiniteGuard):
+                    callback.observe_loss(loss)
             return loss
 
         def _load_best_model(self):
@@ -459,14 +457,39 @@ def _trainer_classes():
                     f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
     class NonFiniteGuard(TrainerCallback):
-        """Stops the run at the first non-finite gradient or validation loss, naming the step."""
+        """Stops the run at the first non-finite training loss, gradient or validation loss, naming the step.
+
+        One device → host read per optimizer step: the micro-batch losses are summed on the device as they come
+        (:meth:`observe_loss`), and before the optimizer steps the largest absolute gradient entry of every trainable
+        parameter (one fused ``torch._foreach_norm(·, inf)``, which propagates NaN and cannot overflow) is added to
+        that sum; only when the result is not finite is the culprit looked up, parameter by parameter."""
+
+        def __init__(self) -> None:
+            self.loss: torch.Tensor | None = None
+
+        def observe_loss(self, loss: torch.Tensor) -> None:
+            """Add a micro-batch's loss to the step's sum (on its device; no synchronisation)."""
+            loss = loss.detach().float().sum()
+            self.loss = loss if self.loss is None else self.loss + loss.to(self.loss.device)
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            for name, param in model.named_parameters():
-                if param.grad is not None and not torch.isfinite(param.grad).all():
-                    raise NonFiniteError(
-                        state.global_step + 1, f"the gradient of {name}", args.output_dir, args.learning_rate
-                    )
+            named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+            total = self.loss if self.loss is not None else torch.zeros(())
+            if named:
+                peaks = torch._foreach_norm([grad for _, grad in named], math.inf)
+                total = total.to(peaks[0].device) + torch.stack([peak.float() for peak in peaks]).max()
+            if not bool(torch.isfinite(total)):  # the step's one synchronisation
+                self.diagnose(state, args, named)
+            self.loss = None
+
+        def diagnose(self, state, args, named) -> None:
+            step = state.global_step + 1
+            if self.loss is not None and not bool(torch.isfinite(self.loss)):
+                raise NonFiniteError(step, f"the training loss ({self.loss.item()})", args.output_dir,
+                                     args.learning_rate)  # fmt: skip
+            for name, grad in named:
+                if not bool(torch.isfinite(grad).all()):
+                    raise NonFiniteError(step, f"the gradient of {name}", args.output_dir, args.learning_rate)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             loss = (metrics or {}).get("eval_loss")

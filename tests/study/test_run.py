@@ -182,7 +182,7 @@ def test_study_command_plans_writes_the_floor_and_refuses_a_bad_file(tiny_model_
 def test_a_finished_run_folder_is_reused_only_for_the_recipe_it_trained(tiny_model_dir, train_file, tmp_path):
     """Killed after a run finished but before its task JSON was written, then the study file changed: the rerun
     must not stamp the old run with the new recipe."""
-    from smoa.training.trainer import RunDirError
+    from smoa.training.run_folder import RunDirError
 
     def study(steps):
         recipe = tiny_recipe_values(tiny_model_dir, train_file, tmp_path / "unused", max_steps=steps)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from smoa.training import load_recipe, run_training
 from smoa.training.checkpoints import CheckpointError, list_checkpoints
-from smoa.training.trainer import NonFiniteError, RunDirError
+from smoa.training.hub import NonFiniteError
+from smoa.training.run_folder import RunDirError
 from tests.training.conftest import tiny_recipe_values
 
 
@@ -96,7 +97,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tiny_model_dir, trai
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parents[2] / "src")!r})
         from smoa.training import load_recipe
-        from smoa.training.trainer import prepare_run_dir
+        from smoa.training.run_folder import prepare_run_dir
         lock = prepare_run_dir(load_recipe(None, **{values!r}), False, False)
         print("locked", flush=True)
         time.sleep(60)
@@ -116,8 +117,8 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tiny_model_dir, trai
 
 def test_user_mistakes_in_training_get_one_line_errors(tiny_model_dir, train_file, tmp_path):
     from smoa.cli.main import main
+    from smoa.training.hub import training_arguments
     from smoa.training.recipe import RecipeError
-    from smoa.training.trainer import training_arguments
 
     with pytest.raises(RecipeError, match=r"precision='fp16' needs a CUDA GPU"):
         training_arguments(load_recipe(None, precision="fp16"), tmp_path)
@@ -173,7 +174,7 @@ def test_a_full_disk_is_named_and_earlier_checkpoints_survive(tiny_model_dir, tr
     import subprocess
 
     from smoa.training.checkpoints import latest_valid_checkpoint, verify_checkpoint
-    from smoa.training.trainer import DiskFullError
+    from smoa.training.run_folder import DiskFullError
 
     mount = tmp_path / "small"
     mount.mkdir()

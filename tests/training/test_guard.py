@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from smoa.training.trainer import NonFiniteError, _trainer_classes
+from smoa.training.hub import NonFiniteError, trainer_classes
 
 ARGS = SimpleNamespace(output_dir="runs/x", learning_rate=1e-3)
 STATE = SimpleNamespace(global_step=4)
@@ -38,7 +38,7 @@ def host_reads(monkeypatch) -> list[str]:
 
 
 def test_a_finite_step_reads_one_number(monkeypatch):
-    guard = _trainer_classes()[2]()
+    guard = trainer_classes()[2]()
     model = model_with_grads()
     losses = [torch.tensor(0.5), torch.tensor(0.7), torch.tensor(0.2)]  # three micro-batches
     reads = host_reads(monkeypatch)
@@ -49,7 +49,7 @@ def test_a_finite_step_reads_one_number(monkeypatch):
 
 
 def test_huge_finite_gradients_are_not_mistaken_for_overflow():
-    guard = _trainer_classes()[2]()
+    guard = trainer_classes()[2]()
     model = model_with_grads()
     model[0].weight.grad.fill_(3e38)  # its square overflows; the largest entry does not
     guard.observe_loss(torch.tensor(1.0))
@@ -66,7 +66,7 @@ def test_huge_finite_gradients_are_not_mistaken_for_overflow():
     ],
 )
 def test_a_non_finite_step_names_its_cause(bad, loss, named):
-    guard = _trainer_classes()[2]()
+    guard = trainer_classes()[2]()
     guard.observe_loss(torch.tensor(0.3))
     guard.observe_loss(torch.tensor(loss))
     with pytest.raises(NonFiniteError, match=rf"training diverged at step 5: {named} is not finite"):

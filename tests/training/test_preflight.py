@@ -32,7 +32,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the settings were checked")
 
-    monkeypatch.setattr(trainer_module, "_trainer_classes", refuse)
+    monkeypatch.setattr(trainer_module, "trainer_classes", refuse)
 
 
 def own_rows(n: int) -> list[dict]:

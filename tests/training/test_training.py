@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from smoa.training import load_recipe, run_training
 from smoa.training.checkpoints import MANIFEST, CheckpointError, latest_valid_checkpoint
-from smoa.training.trainer import RunDirError
+from smoa.training.run_folder import RunDirError
 from tests.training.conftest import commonsense_rows, tiny_recipe_values
 
 SRC = str(Path(__file__).parents[2] / "src")

@@ -63,8 +63,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from smoa.methods import AdapterFolderError, BudgetUnreachableError, UnknownMethodError, UnsupportedTargetError
     from smoa.tasks.records import DataFormatError
     from smoa.training.checkpoints import CheckpointError
+    from smoa.training.hub import NonFiniteError
     from smoa.training.recipe import RecipeError
-    from smoa.training.trainer import DiskFullError, NonFiniteError, RunDirError
+    from smoa.training.run_folder import DiskFullError, RunDirError
 
     return (
         RecipeError,

@@ -268,7 +268,9 @@ def diverged_result(run_dir: Path, error: Exception) -> dict[str, Any]:
 
 def run_task(study: Study, task: Task, results: dict[str, dict[str, Any]], log: Callable[[str], None] = print):
     """Run one task and write its JSON; returns the JSON."""
-    from smoa.training.trainer import NonFiniteError, check_finished_run, run_training
+    from smoa.training.hub import NonFiniteError
+    from smoa.training.run_folder import check_finished_run
+    from smoa.training.trainer import run_training
 
     started = time.time()
     record: dict[str, Any] = {

@@ -12,15 +12,12 @@ import os
 import re
 import warnings
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import torch
+from peft.config import PeftConfig
 from torch import Tensor
 
 from smoa.peft_integration.load_gate import AdapterFileError
-
-if TYPE_CHECKING:
-    from .config import SMoAConfig
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
@@ -42,10 +39,10 @@ def read_adapter_tensors(path: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def validate_adapter_dir(path: str, config: SMoAConfig) -> bool:
-    """Check that the adapter file in ``path`` is readable and matches ``config`` (modules, blocks, ranks, orders,
-    finite values); returns whether it holds the block orders of every module (False: they are recomputed, with a
-    warning).
+def validate_adapter_dir(path: str, config: PeftConfig) -> bool:
+    """Check that the adapter file in ``path`` is readable and matches ``config``, an SMoA config (modules, blocks,
+    ranks, orders, finite values); returns whether it holds the block orders of every module (False: they are
+    recomputed, with a warning).
 
     Raises:
         AdapterFileError: unreadable file, modules the config does not target (or targets without factors), wrong
@@ -111,7 +108,7 @@ def validate_adapter_dir(path: str, config: SMoAConfig) -> bool:
     return not missing_orders
 
 
-def check_targets_cover(file: str, modules: list[str], config: SMoAConfig) -> None:
+def check_targets_cover(file: str, modules: list[str], config: PeftConfig) -> None:
     """The config must adapt exactly the modules whose factors are saved: a saved module it does not target would be
     dropped on load (its update lost), a target with no saved module would load as the identity.
 

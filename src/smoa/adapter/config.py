@@ -11,6 +11,7 @@ from peft.config import PeftConfig
 
 from smoa.peft_integration import OutOfTreePeftType
 
+from .checkpoint import AdapterFileError, validate_adapter_dir
 from .functional import PERMUTATIONS
 
 PEFT_TYPE = OutOfTreePeftType.SMOA
@@ -167,13 +168,9 @@ class SMoAConfig(PeftConfig):
         try:
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (TypeError, ValueError) as err:
-            from .checkpoint import AdapterFileError
-
             raise AdapterFileError(f"{os.path.join(path, 'adapter_config.json')}: {err}") from None
         orders_saved = True
         if os.path.isdir(path):
-            from .checkpoint import validate_adapter_dir
-
             orders_saved = validate_adapter_dir(path, config)
         config._orders_from_checkpoint = orders_saved
         config._from_checkpoint = True  # the base fingerprint must come from the file, not from this base

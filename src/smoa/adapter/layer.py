@@ -23,13 +23,10 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils.integrations import gather_params_ctx
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
-
-from smoa.dense import UnsupportedLayerError
 
 from . import functional as F
 from .autograd import BlockAnchors, blockwise_delta_output, fused_linear
-from .base_checks import check_block_sizes, check_finite, check_float_weight, dense_dims, unsupported_layer_message
+from .base_checks import check_block_sizes, check_finite, check_float_weight, dense_dims
 from .checkpoint import weight_fingerprint
 from .config import SMoAConfig
 from .kernel_choice import add_in_place, branch_kernel, use_fused_kernel
@@ -338,30 +335,3 @@ class Linear(nn.Module, SMoALayer):
 
     def __repr__(self) -> str:
         return "smoa." + super().__repr__()
-
-
-def dispatch_default(target: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str) -> Linear:
-    """Wrap ``target`` (Linear or Conv1D) in an SMoA layer, setting ``fan_in_fan_out`` from the layer type."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if isinstance(base, nn.Linear):
-        if config.fan_in_fan_out:
-            warnings.warn(
-                f"fan_in_fan_out=True but module '{module_name}' is torch.nn.Linear; using False for it.", stacklevel=3
-            )
-        return Linear(target, adapter_name, config, fan_in_fan_out=False, module_name=module_name)
-    if isinstance(base, Conv1D):
-        return Linear(target, adapter_name, config, fan_in_fan_out=True, module_name=module_name)
-    raise UnsupportedLayerError(unsupported_layer_message(module_name, base))
-
-
-def dispatch_layer(target: nn.Module, adapter_name: str, config: SMoAConfig, module_name: str) -> Linear:
-    """The SMoA layer for ``target``: a quantised one for bitsandbytes 4-bit / 8-bit layers (:mod:`.bnb`), else
-    :func:`dispatch_default`. bitsandbytes is imported only when such a layer is met."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if type(base).__module__.startswith("bitsandbytes."):
-        from .bnb import dispatch_bnb
-
-        layer = dispatch_bnb(target, adapter_name, config, module_name=module_name)
-        if layer is not None:
-            return layer
-    return dispatch_default(target, adapter_name, config, module_name=module_name)

@@ -10,15 +10,12 @@ fingerprint of the base weight it was trained on, ``smoa_fingerprint`` (float64)
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .checkpoint import AdapterFileError, check_order, fingerprints_match
-
-if TYPE_CHECKING:
-    from .layer import SMoALayer
 
 #: fills an order buffer whose values will come from a checkpoint (or, failing that, from the SVD)
 UNSET_ORDER = -1
@@ -34,13 +31,13 @@ def order_is_set(order: Tensor) -> bool:
     return bool(order[0] != UNSET_ORDER)
 
 
-def check_loaded_state(layer: SMoALayer, incompatible_keys: Any = None) -> None:
+def check_loaded_state(layer: nn.Module, incompatible_keys: Any = None) -> None:
     """``load_state_dict`` post-hook of an SMoA layer: :func:`check_adapter_state` for each of its adapters."""
     for adapter_name in list(layer.smoa_row_order.keys()):
         check_adapter_state(layer, adapter_name)
 
 
-def check_adapter_state(layer: SMoALayer, adapter_name: str, fingerprint_saved: bool = True) -> None:
+def check_adapter_state(layer: nn.Module, adapter_name: str, fingerprint_saved: bool = True) -> None:
     """Every loaded order is a permutation of the right size, and the loaded fingerprint matches the base (raising
     or warning as the adapter's ``base_fingerprint_check`` says); ``fingerprint_saved=False``: the file had none, so
     the base cannot be checked (treated as a fingerprint that is not finite)."""
@@ -58,7 +55,7 @@ def check_adapter_state(layer: SMoALayer, adapter_name: str, fingerprint_saved: 
     warnings.warn(message, stacklevel=2)
 
 
-def check_loaded_orders(layer: SMoALayer, adapter_name: str) -> None:
+def check_loaded_orders(layer: nn.Module, adapter_name: str) -> None:
     """Refuse loaded orders that are not permutations of ``range(d_out)`` / ``range(d_in)`` (unset ones pass)."""
     row_order, col_order = layer.smoa_row_order[adapter_name], layer.smoa_col_order[adapter_name]
     if order_is_set(row_order):

@@ -15,7 +15,8 @@ from smoa._progress import progress_enabled
 from smoa.peft_integration import tag_base_model
 
 from .config import SMoAConfig
-from .layer import SMoALayer, dispatch_layer
+from .dispatch import dispatch_layer
+from .layer import SMoALayer
 
 _NO_BAR = SimpleNamespace(update=lambda n: None)
 

@@ -97,9 +97,16 @@ def load_adapter(model, adapter_dir: str):
     return load_checked(model, adapter_dir)
 
 
+def evaluated_model(args: argparse.Namespace):
+    """``(model, tokenizer)``: ``--model`` with ``--adapter`` loaded onto it when given (through the load gate)."""
+    from smoa.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    return (load_adapter(model, args.adapter) if args.adapter else model), tokenizer
+
+
 def run(args: argparse.Namespace) -> int:
     from smoa.evaluation.runner import evaluate_task
-    from smoa.models import load_model_and_tokenizer
     from smoa.tasks import resolve_tasks
     from smoa.tasks.records import DataFormatError
 
@@ -111,9 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
         started = time.perf_counter()
-        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-        if args.adapter:
-            model = load_adapter(model, args.adapter)
+        model, tokenizer = evaluated_model(args)
         result = evaluate_task(
             model,
             tokenizer,
@@ -140,7 +145,6 @@ def run_custom(args: argparse.Namespace) -> int:
     """``--task custom``: your own held-out records, scored by :func:`smoa.evaluation.custom.evaluate_own_data`."""
     from smoa.evaluation.custom import evaluate_own_data
     from smoa.evaluation.runner import subsample
-    from smoa.models import load_model_and_tokenizer
     from smoa.tasks.custom import dataset_name, load_records, parse_field_pairs, template_name
     from smoa.tasks.prompts import get_template
 
@@ -151,9 +155,7 @@ def run_custom(args: argparse.Namespace) -> int:
     records = subsample(records, args.limit, args.seed)
     template = get_template(args.template or template_name(records))
     started = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    if args.adapter:
-        model = load_adapter(model, args.adapter)
+    model, tokenizer = evaluated_model(args)
     result = evaluate_own_data(
         model,
         tokenizer,

@@ -85,15 +85,21 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     for number, line in enumerate(text_lines(path), start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(
-                f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove this line"
-            ) from None
+        value = _parse_json(line, path, number)
         if not isinstance(value, dict):
             raise DataFormatError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
         yield number, value
+
+
+def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """``json.loads(text)``; a syntax error becomes a :class:`DataFormatError` naming the file and line (``line``:
+    the number of a JSON-lines record, else the line within ``text``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {line if line is not None else error.lineno}"
+        fix = "; fix or remove this line" if line is not None else ""
+        raise DataFormatError(f"{path}, {where}: not valid JSON ({error.msg} at column {error.colno}){fix}") from None
 
 
 def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -108,12 +114,7 @@ def read_json_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     text = "".join(text_lines(path))
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(
-                f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
+        value = _parse_json(text, path)
         rows = []
         for index, item in enumerate(value):
             if not isinstance(item, dict):

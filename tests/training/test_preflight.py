@@ -162,3 +162,13 @@ def test_study_checks_every_arm_and_ablation_before_the_first_task(tiny_model_di
     with pytest.raises(RecipeError, match=r"invalid for method 'smoa'.*sideways"):
         run_study(study, log=quiet)
     assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").iterdir())
+
+
+@pytest.mark.parametrize("task", ["commonsense", "math"])
+def test_own_data_under_a_paper_task_points_to_task_custom(task, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": f"say {i}", "input": "", "output": str(i)} for i in range(20)]))
+    code = main(["train", "--task", task, "--model", str(tiny_model_dir), "--set", f"train_file={data}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "missing field" in err
+    assert f"holds no {task} training records; if it is your own data, set task: custom" in err

@@ -16,7 +16,7 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
     import random
 
     from smoa.tasks import load_train_records
-    from smoa.tasks.records import split_validation
+    from smoa.tasks.records import DataFormatError, split_validation
 
     if recipe.task == "memorize":
         if recipe.train_file or recipe.train_limit is not None:
@@ -34,7 +34,15 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
             check_same_format(records, load_custom_records(recipe, recipe.eval_file), recipe)
     else:
         standin = recipe.train_limit + recipe.val_size if recipe.train_limit else 10_000  # math without MetaMathQA
-        records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
+        try:
+            records = load_train_records(recipe.task, recipe.train_file, standin_size=standin, seed=recipe.seed)
+        except DataFormatError as error:
+            if not recipe.train_file or "missing field" not in str(error):
+                raise
+            raise DataFormatError(
+                f"{error}. recipe key train_file holds no {recipe.task} training records; if it is your own data, "
+                "set task: custom (or --task custom)"
+            ) from None
     if not records:
         raise RecipeError(f"recipe key train_file={recipe.train_file!r}: the file holds no training records")
     if recipe.train_limit is not None and recipe.train_limit + recipe.val_size < len(records):

@@ -104,6 +104,18 @@ def write_report(results: dict, path: str, command: str) -> None:
             "",
         ]
         lines.append(step_table(rows, lambda method: "lora_r16"))
+        profile = results.get("quantized_profile")
+        if profile:
+            lines += [
+                "",
+                f"Where SMoA's nf4 step goes (median step of {results['repeats']}): "
+                f"{profile['dequantise_seconds']:.2f} s of {profile['step_seconds']:.2f} s "
+                f"({100 * profile['dequantise_share']:.0f} %) in block dequantisation, {profile['calls_per_step']} "
+                f"calls over {profile['layers']} layers (forward and backward). Caching the gathered anchors for "
+                f"the backward would save at most half of that time and hold {profile['cache_mib_fp32']:.0f} MiB "
+                "of float32 anchors at once (every adapted layer's blocks, from its forward until the backward "
+                "reaches it).",
+            ]
     if "inference" in results:
         rows = results["inference"]
         lines += ["", f"## Inference prefill (batch {results['batch']}, seq {results['seq']}, no grad)", ""]

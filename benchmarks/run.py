@@ -27,7 +27,7 @@ from bench_data import bench_data
 from bench_inference import bench_inference
 from bench_init import bench_init, bench_init_7b
 from bench_layer import bench_layers
-from bench_training import bench_training
+from bench_training import bench_training, profile_nf4_dequantisation
 from harness import LAYER_SHAPES, MODEL_METHODS, QUANTIZED_METHODS, memory_child
 from report import write_report
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         results["model"] = bench_training("model", MODEL_METHODS, args.batch, args.seq, args.repeats, memory)
     if args.section in ("quantized", "all"):
         results["quantized"] = bench_training("nf4", QUANTIZED_METHODS, args.batch, args.seq, args.repeats, memory)
+        results["quantized_profile"] = profile_nf4_dequantisation(args.batch, args.seq, args.repeats)
     if args.section in ("inference", "all"):
         results["inference"] = bench_inference(args.batch, args.seq, args.repeats)
     if args.section in ("init", "all"):

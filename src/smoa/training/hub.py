@@ -47,9 +47,10 @@ def trainer_classes():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            for callback in self.callback_handler.callbacks:  # checked with the gradients, once per step
-                if isinstance(callback, NonFiniteGuard):
-                    callback.observe_loss(loss)
+            if not hasattr(self, "_smoa_guards"):  # looked up once, not at every micro-batch
+                self._smoa_guards = [c for c in self.callback_handler.callbacks if isinstance(c, NonFiniteGuard)]
+            for guard in self._smoa_guards:  # the loss is checked with the gradients, once per step
+                guard.observe_loss(loss)
             return loss
 
         def _load_best_model(self):

@@ -1,6 +1,7 @@
 """``smoa eval``: evaluate a base or adapted model on a task, print the table and write the JSON.
 
 smoa eval --model default --task commonsense --limit 100 --method loglik
+smoa eval --task commonsense --method cloze              # answer-text scoring, lm-eval's acc / acc_norm
 smoa eval --model ./my-model --adapter ./runs/smoa-r32 --task gsm8k --output gsm8k.json
 """
 
@@ -56,9 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
     parser.add_argument(
         "--method",
-        choices=("generate", "loglik"),
+        choices=("generate", "loglik", "cloze"),
         default="generate",
-        help="generate (beam search, the papers' protocol) or loglik (fast multiple-choice scoring, commonsense only)",
+        help="generate (beam search, the papers' protocol), loglik (the most likely answer label, commonsense only) or "
+        "cloze (the most likely answer text: lm-evaluation-harness' acc and acc_norm, commonsense only)",
     )
     parser.add_argument(
         "--template",

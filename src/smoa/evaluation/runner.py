@@ -375,7 +375,7 @@ def results_markdown(result: dict[str, Any], label: str = "model") -> str:
         if len(order) > 1:
             header.append("Avg")
             row.append(_cell(result.get("average")))
-        if result.get("method") == "cloze":  # lm-eval's acc, then acc_norm
+        if result.get("method") in ("cloze", "harness"):  # lm-eval's acc, then acc_norm
             norm = [_cell(by_display[d]["accuracy_norm"]) for d in order]
             if len(order) > 1:
                 norm.append(_cell(result.get("average_norm")))

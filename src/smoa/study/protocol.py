@@ -216,8 +216,8 @@ def parse_study(data: dict[str, Any], source: str = "study") -> Study:
             raise StudyError(f"{source}: evaluation.generate.arms names unknown arm {arm_name!r}")
     limit = evaluation.get("limit", 100)
     eval_method = evaluation.get("method", "loglik")
-    if eval_method not in ("loglik", "generate"):
-        raise StudyError(f"{source}: evaluation.method={eval_method!r}: choose loglik or generate")
+    if eval_method not in ("loglik", "cloze", "generate"):
+        raise StudyError(f"{source}: evaluation.method={eval_method!r}: choose loglik, cloze or generate")
     tasks = evaluation.get("tasks", ["commonsense"])
     evaluation = Evaluation(
         tasks=tuple([tasks] if isinstance(tasks, str) else tasks),

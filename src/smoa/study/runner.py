@@ -208,8 +208,14 @@ def evaluate_adapter(study: Study, adapter_dir: str | None, generate: bool = Fal
             out["examples"][dataset] = {
                 "uids": [p["uid"] for p in predictions],
                 "correct": [int(bool(p["correct"])) for p in predictions],
-                "predictions": [p["extracted"] if not generate else p["prediction"] for p in predictions],
             }
+            if result["method"] == "cloze":  # choice indices, not label texts: kept apart from "predictions"
+                out["examples"][dataset]["correct_norm"] = [int(bool(p["correct_norm"])) for p in predictions]
+                out["examples"][dataset]["choices"] = [p["prediction"] for p in predictions]
+            else:
+                out["examples"][dataset]["predictions"] = [
+                    p["extracted"] if not generate else p["prediction"] for p in predictions
+                ]
         out["evaluation"][task] = result
     return out
 

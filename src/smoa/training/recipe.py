@@ -136,7 +136,11 @@ class Recipe:
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Seeded subsample of each evaluation set."})
     eval_method: str = field(
-        default="generate", metadata={"help": "'generate' (paper protocol) or 'loglik' (fast, commonsense only)."}
+        default="generate",
+        metadata={
+            "help": "'generate' (paper protocol), 'loglik' (the most likely answer label) or 'cloze' (the most likely "
+            "answer text, lm-eval's acc / acc_norm); loglik and cloze score commonsense sets only."
+        },
     )
     eval_seed: int | None = field(
         default=None, metadata={"help": "Seed of the evaluation subsample (default: the run's seed)."}
@@ -344,7 +348,7 @@ RULES: dict[str, Rule] = {
     "keep_last": STEPS,
     "logging_steps": STEPS,
     "eval_limit": STEPS,
-    "eval_method": Rule(choices=("generate", "loglik")),
+    "eval_method": Rule(choices=("generate", "loglik", "cloze")),
     "eval_seed": Rule(min=0),
     "eval_batch_size": STEPS,
     "num_beams": STEPS,

@@ -11,7 +11,19 @@ import importlib
 import importlib.util
 import sys
 
-COMMANDS = ("train", "eval", "compare", "study", "evidence", "data", "methods", "analyze", "bench", "import-authors")
+COMMANDS = (
+    "train",
+    "eval",
+    "compare",
+    "study",
+    "evidence",
+    "data",
+    "methods",
+    "analyze",
+    "bench",
+    "import-authors",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,4 +171,7 @@ def test_own_data_under_a_paper_task_points_to_task_custom(task, tiny_model_dir,
     code = main(["train", "--task", task, "--model", str(tiny_model_dir), "--set", f"train_file={data}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "missing field" in err
-    assert f"holds no {task} training records; if it is your own data, set task: custom" in err
+    assert (
+        f"holds no {task} training records but instruction records (your own data's format); if it is your own "
+        "data, set task: custom" in err
+    )

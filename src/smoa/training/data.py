@@ -40,8 +40,8 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
             if not recipe.train_file or "missing field" not in str(error):
                 raise
             raise DataFormatError(
-                f"{error}. recipe key train_file holds no {recipe.task} training records; if it is your own data, "
-                "set task: custom (or --task custom)"
+                f"{error}. recipe key train_file holds no {recipe.task} training records{_own_format(recipe)}; if it "
+                "is your own data, set task: custom (or --task custom)"
             ) from None
     if not records:
         raise RecipeError(f"recipe key train_file={recipe.train_file!r}: the file holds no training records")
@@ -55,6 +55,18 @@ def load_training_records(recipe: Recipe) -> tuple[list, list]:
             + "); lower it"
         )
     return split_validation(records, recipe.val_size, recipe.seed)
+
+
+def _own_format(recipe: Recipe) -> str:
+    """``" but instruction records (your own data)"`` when ``train_file`` reads as task=custom data, else ``""``."""
+    from smoa.tasks.custom import FORMAT_NAMES, load_records, template_name
+    from smoa.tasks.records import DataFormatError
+
+    try:
+        records, _ = load_records(recipe.train_file, "auto", recipe.fields)
+    except (DataFormatError, ValueError, KeyError, OSError):
+        return ""
+    return f" but {FORMAT_NAMES[template_name(records)]} records (your own data's format)" if records else ""
 
 
 def load_custom_records(recipe: Recipe, path: str) -> list:

@@ -1,6 +1,7 @@
 """``smoa eval`` end to end with a tiny local model folder."""
 
 import json
+import sys
 
 from smoa.cli.main import main
 
@@ -117,3 +118,20 @@ def test_eval_refuses_a_result_that_is_not_a_number(tiny_model_dir, tmp_path, ca
         last = err.strip().splitlines()[-1]
         assert "not finite" in last or "NaN" in last, (name, err)
         assert "Traceback" not in err and not output.exists(), name
+
+
+def test_eval_harness_errors_are_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    assert main(["eval", "--model", str(tiny_model_dir)]) == 2
+    assert "give --task" in capsys.readouterr().err
+    assert main(["eval", "--task", "piqa", "--harness", "smoa_piqa"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model_dir), "--harness", "smoa_piqa,not_a_task"]) == 2
+    assert "unknown task not_a_task" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # lm-eval not installed
+    assert (
+        main(["eval", "--model", str(tiny_model_dir), "--harness", "smoa_piqa", "--output", str(tmp_path / "r.json")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "lm-eval==0.4.13"' in err
+    assert not (tmp_path / "r.json").exists()

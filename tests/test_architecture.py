@@ -10,7 +10,7 @@ LEVELS = {
     "_io": 0, "_memory": 0, "dense": 0, "_progress": 0, "peft_integration": 0, "assets": 0, "lm_head": 0,
     "adapter": 1, "baselines": 1, "models": 1, "tasks": 1,
     "__init__": 2, "methods": 2, "evaluation": 2,
-    "analysis": 3, "training": 4, "study": 5, "evidence": 6, "cli": 7,
+    "analysis": 3, "harness": 3, "export": 3, "training": 4, "study": 5, "evidence": 6, "cli": 7,
 }  # fmt: skip
 
 

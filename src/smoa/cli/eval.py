@@ -189,8 +189,8 @@ def run_custom(args: argparse.Namespace) -> int:
 
 
 def run_harness(args: argparse.Namespace) -> int:
-    """``--harness TASKS``: lm-eval's ``simple_evaluate`` on the loaded model (see :mod:`smoa.evaluation.harness`)."""
-    from smoa.evaluation.harness import (
+    """``--harness TASKS``: lm-eval's ``simple_evaluate`` on the loaded model (see :mod:`smoa.harness`)."""
+    from smoa.harness import (
         check_task_names,
         harness_result,
         require_lm_eval,

@@ -7,7 +7,7 @@ Optional dependency: ``pip install -e ".[harness]"`` (``lm-eval==0.4.13``). Thre
 - ``smoa-lm-eval run --model smoa --model_args adapter=DIR --tasks smoa_piqa`` is lm-eval's own command line with
   smoa imported (so PEFT knows the method: ``--model hf --model_args pretrained=...,peft=DIR`` works too), the
   packaged tasks on its include path and the ``smoa`` model registered;
-- in Python, ``import smoa.evaluation.harness`` registers the ``smoa`` model for ``lm_eval.simple_evaluate``.
+- in Python, ``import smoa.harness`` registers the ``smoa`` model for ``lm_eval.simple_evaluate``.
 
 The packaged tasks (``smoa_<set>``, group tag ``smoa_commonsense``) are lm-eval's built-in task files, included by
 absolute path so their prompts, choice lists and metrics are lm-eval's own, with only the data source replaced:

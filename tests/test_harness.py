@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from smoa.evaluation import harness
+from smoa import harness
 from smoa.evaluation.cloze import cloze_log_likelihoods, score_cloze
 from smoa.tasks.cloze import load_cloze_items
 

@@ -22,6 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model (optionally with an adapter) on commonsense, GSM8K or ConvAI2",
         description="Evaluate a base or adapted model with the papers' prompts, decoding and scoring.",
+        epilog="examples:\n"
+        "  smoa eval --task commonsense --method cloze --limit 100     answer texts, lm-eval's acc / acc_norm\n"
+        "  smoa eval --task piqa --method loglik --adapter runs/x/adapter   the most likely answer label\n"
+        "  smoa eval --harness smoa_arc_easy,smoa_piqa --adapter runs/x/adapter   scored by lm-eval itself\n"
+        "  smoa-lm-eval run --model smoa --model_args adapter=runs/x/adapter --tasks smoa_commonsense\n"
+        "see docs/evaluation.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--model",

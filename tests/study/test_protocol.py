@@ -44,7 +44,7 @@ def study_data(tmp_path, **extra):
         ({"seeds": []}, "non-empty list"),
         ({"ablations": {"x": {"of": "nope"}}}, "must name an arm"),
         ({"recipe": {"max_stepz": 3}}, "unknown recipe key 'max_stepz'"),
-        ({"evaluation": {"method": "guess"}}, "choose loglik or generate"),
+        ({"evaluation": {"method": "guess"}}, "choose loglik, cloze or generate"),
     ],
 )
 def test_bad_study_files_are_refused_with_the_key(tmp_path, change, message):

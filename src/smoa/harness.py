@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoa._io import write_text_atomic
 from smoa.assets import cache_dir
 
 LM_EVAL_REQUIREMENT = "lm-eval==0.4.13"
@@ -108,12 +109,6 @@ def harness_rows(dataset: str) -> list[dict[str, Any]]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from smoa._io import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def task_dir(datasets: Sequence[str] | None = None, cache: str | os.PathLike[str] | None = None) -> Path:
     """The folder of packaged lm-eval tasks (``--include_path``), written on first use; returns its path.
 
@@ -131,8 +126,8 @@ def task_dir(datasets: Sequence[str] | None = None, cache: str | os.PathLike[str
         digest_file = data.with_suffix(".sha256")
         if not (data.is_file() and digest_file.is_file() and _sha256(data) == digest_file.read_text().strip()):
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in harness_rows(name))
-            _write_atomic(data, text)
-            _write_atomic(digest_file, hashlib.sha256(text.encode("utf-8")).hexdigest() + "\n")
+            write_text_atomic(data, text)
+            write_text_atomic(digest_file, hashlib.sha256(text.encode("utf-8")).hexdigest() + "\n")
         config = {
             "include": str(builtin_root / task.builtin),
             "task": task.name,
@@ -145,7 +140,7 @@ def task_dir(datasets: Sequence[str] | None = None, cache: str | os.PathLike[str
             "test_split": task.split if task.split == "test" else None,
             "fewshot_split": None,
         }
-        _write_atomic(root / f"{task.name}.yaml", json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        write_text_atomic(root / f"{task.name}.yaml", json.dumps(config, indent=2) + "\n")  # JSON is YAML
     return root
 
 

